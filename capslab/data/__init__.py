@@ -1,0 +1,3 @@
+from capslab.data.base import DataInfo, Dataset, DatasetParams, Split
+
+__all__ = ["DataInfo", "Dataset", "DatasetParams", "Split"]

@@ -1,0 +1,3 @@
+from capslab.models.base import BuildContext, Model, ModelOutput
+
+__all__ = ["BuildContext", "Model", "ModelOutput"]

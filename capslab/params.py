@@ -1,0 +1,24 @@
+"""Base class of every component's parameters: a pydantic model that rejects unknown keys."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Params(BaseModel):
+    """Parameters of a plugin component; recipes fill them, unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class Component:
+    """Mixin for everything a registry holds: a registry ``name`` and a ``Params`` model."""
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type[Params]] = Params
+
+    @classmethod
+    def validate_params(cls, params: dict[str, Any] | None = None) -> Params:
+        return cls.Params.model_validate(params or {})

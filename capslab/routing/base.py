@@ -1,0 +1,113 @@
+"""The routing contract that every routing algorithm implements.
+
+A capsule layer computes votes ``u_hat (B, I, J, D)`` (input capsule i's prediction for output capsule
+j) and hands them to a :class:`Routing`, which returns output poses ``(B, J, D)`` and activations
+``(B, J)``; with ``diagnostics=True`` it also returns the final coupling coefficients ``(B, I, J)`` and,
+per iteration, the mean |change of the routing logits| and the mean coupling entropy.
+
+How the algorithms map onto the contract:
+
+- Dynamic routing (Sabour 2017): votes only; activations = |v_j| (squash lengths); the logits b are
+  the agreement sums; iterations = r.
+- EM routing (Hinton 2018): D = 16 is a flattened 4x4 pose matrix; input ``activations (B, I)`` are
+  required; output poses = the Gaussian means mu_j, activations = the logistic a_j; coupling = R_ij;
+  the logit analogue is log R.
+- Self-attention routing (Mazzia 2021): one pass (``iterations`` ignored); coupling from the
+  self-attention of each output's votes plus a learned log-prior ``(I, J)``; activations = squash
+  lengths.
+- Inverted dot-product attention (Tsai 2020): the first pass uses uniform coupling; poses are
+  LayerNorm'd; activations = pose norms (or a learned read-out), logits = the scaled dot products.
+- Self-routing (Hahn 2019): needs input ``poses (B, I, D_in)`` and ``activations (B, I)``; the coupling
+  comes from a per-capsule routing network on the input pose, no iterations.
+
+Votes may arrive as a non-contiguous view: :class:`capslab.layers.ClassCapsules` stores them as
+``(B, J, I, D)`` so that ``votes.transpose(1, 2)`` is free and the per-output sums are batched matmuls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from capslab.params import Component
+
+
+@dataclass(frozen=True)
+class RoutingSpec:
+    """The shape a routing instance is built for."""
+
+    in_caps: int  # I
+    out_caps: int  # J
+    pose_dim: int  # D, the vote / output pose size
+    in_pose_dim: int | None = None  # D_in, input pose size (self-routing needs it)
+
+
+@dataclass
+class RoutingResult:
+    poses: Tensor  # (B, J, D)
+    activations: Tensor  # (B, J), in [0, 1] for squash-based routings
+    coupling: Tensor | None = None  # (B, I, J), final coupling coefficients; diagnostics only
+    logit_change: Tensor | None = None  # (iterations,) mean |delta b| per iteration; diagnostics only
+    entropy: Tensor | None = None  # (iterations,) mean coupling entropy (nats) per iteration
+
+
+class Routing(Component, nn.Module):
+    """Base class of routing plugins: subclass, set ``name`` and ``Params``, implement ``route``."""
+
+    needs_activations: ClassVar[bool] = False  # True: forward requires input activations (B, I)
+    needs_poses: ClassVar[bool] = False  # True: forward requires input poses (B, I, D_in)
+
+    def __init__(self, spec: RoutingSpec, squash: nn.Module | None = None, **params):
+        nn.Module.__init__(self)
+        self.spec = spec
+        self.params = self.validate_params(params)
+        if squash is None:
+            from capslab.squash import default_squash
+
+            squash = default_squash()
+        self.squash = squash
+
+    @property
+    def iterations(self) -> int:
+        return int(getattr(self.params, "iterations", 1))
+
+    def forward(
+        self,
+        votes: Tensor,  # (B, I, J, D)
+        activations: Tensor | None = None,  # (B, I)
+        poses: Tensor | None = None,  # (B, I, D_in)
+        *,
+        iterations: int | None = None,
+        diagnostics: bool = False,
+    ) -> RoutingResult:
+        B, I, J, D = votes.shape
+        s = self.spec
+        if (I, J, D) != (s.in_caps, s.out_caps, s.pose_dim):
+            raise ValueError(f"{self.name}: votes {tuple(votes.shape)} do not match (B, {s.in_caps}, {s.out_caps}, {s.pose_dim})")
+        if self.needs_activations and activations is None:
+            activations = votes.new_ones(B, I)
+        if self.needs_poses and poses is None:
+            raise ValueError(f"routing {self.name!r} needs the input poses (B, I, D_in)")
+        return self.route(votes, activations, poses, iterations or self.iterations, diagnostics)
+
+    def route(
+        self, votes: Tensor, activations: Tensor | None, poses: Tensor | None, iterations: int, diagnostics: bool
+    ) -> RoutingResult:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.params.model_dump().items())
+
+
+def coupling_entropy(c: Tensor, dim: int = -1) -> Tensor:
+    """Mean entropy (nats) of coupling distributions along ``dim``; c need not be normalised exactly."""
+    c = c.detach().float()
+    p = c / c.sum(dim, keepdim=True).clamp_min(1e-12)
+    return -(p * p.clamp_min(1e-12).log()).sum(dim).mean()
+
+
+def stack_stats(values: list[Tensor]) -> Tensor:
+    return torch.stack([v.detach().float().reshape(()) for v in values]) if values else torch.zeros(0)
