@@ -23,7 +23,14 @@ def blocked_names() -> set[str]:
 class Plugins:
     """All loaded plugins and the registries they filled."""
 
-    def __init__(self, entry_points: list[md.EntryPoint] | None = None, blocked: set[str] | None = None):
+    def __init__(
+        self,
+        entry_points: list[md.EntryPoint] | None = None,
+        blocked: set[str] | None = None,
+        modules: dict[str, Any] | None = None,
+    ):
+        """Load ``entry_points`` (default: the installed ``capslab`` group) plus already-imported
+        ``modules`` (name -> module; tests and notebooks use these), minus the ``blocked`` names."""
         self.pm = pluggy.PluginManager(spec.PROJECT)
         self.pm.add_hookspecs(spec)
         self.registries = {kind: Registry(kind) for kind in spec.KINDS.values()}
@@ -33,11 +40,12 @@ class Plugins:
             entry_points = list(md.entry_points(group=spec.PROJECT))
         for ep in entry_points:
             self._load(ep)
+        for name, module in (modules or {}).items():
+            self._register(module, name, "__main__", "")
         self._check_hooks()
         self._collect()
 
-    def register_module(self, module: Any, name: str, dist: str = "capslab", version: str = "") -> None:
-        """Register an already-imported plugin module (tests and notebooks use this)."""
+    def _register(self, module: Any, name: str, dist: str, version: str) -> None:
         if name in self.blocked:
             self.pm.set_blocked(name)
             return
@@ -57,8 +65,7 @@ class Plugins:
                 f"plugin {ep.name!r} ({dist} {version}, {ep.value}) failed to import: "
                 f"{type(exc).__name__}: {exc}; fix or uninstall it, or set {DISABLE_ENV}={ep.name}"
             ) from exc
-        self.pm.register(module, name=ep.name)
-        self.dists[ep.name] = (dist, version)
+        self._register(module, ep.name, dist, version)
 
     def _check_hooks(self) -> None:
         try:

@@ -1,0 +1,249 @@
+"""The conformance suite: the same checks over every registered routing, squash, loss and model.
+
+A plugin author runs it over their own components (see :func:`cases`); capslab's tests run it over
+every built-in. Each check takes a registry name and raises AssertionError on failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+
+from capslab.data.base import DataInfo
+from capslab.plugin import registry
+from capslab.routing.base import Routing, RoutingResult, RoutingSpec
+
+Check = Callable[[str], None]
+SMALL = RoutingSpec(in_caps=6, out_caps=4, pose_dim=5, in_pose_dim=3)  # I, J, D, D_in
+TINY = RoutingSpec(in_caps=4, out_caps=3, pose_dim=4, in_pose_dim=2)  # for float64 gradcheck
+HUGE = 1e4
+
+
+def make_routing(name: str, spec: RoutingSpec = SMALL, dtype: torch.dtype = torch.float32, seed: int = 0) -> Routing:
+    torch.manual_seed(seed)
+    return registry("routing").get(name)(spec).to(dtype)
+
+
+def routing_inputs(spec: RoutingSpec, batch: int = 3, scale: float = 0.5, dtype=torch.float32, seed: int = 1):
+    """votes (B, I, J, D), activations (B, I) in (0, 1), poses (B, I, D_in)."""
+    g = torch.Generator().manual_seed(seed)
+    votes = torch.randn(batch, spec.in_caps, spec.out_caps, spec.pose_dim, generator=g, dtype=dtype) * scale
+    acts = torch.rand(batch, spec.in_caps, generator=g, dtype=dtype) * 0.9 + 0.05
+    poses = torch.randn(batch, spec.in_caps, spec.in_pose_dim or 1, generator=g, dtype=dtype)
+    return votes, acts, poses
+
+
+def _run(routing: Routing, votes, acts, poses, diagnostics=False, seed: int = 2) -> RoutingResult:
+    torch.manual_seed(seed)  # stochastic routings (``random``) draw from the global generator
+    return routing(votes, acts, poses, diagnostics=diagnostics)
+
+
+def _finite(t: torch.Tensor, what: str) -> None:
+    assert torch.isfinite(t).all(), f"{what} has non-finite values"
+
+
+# ---------------------------------------------------------------------------------------- routing
+def routing_shapes(name: str) -> None:
+    r = make_routing(name)
+    votes, acts, poses = routing_inputs(SMALL)
+    B, (I, J, D) = votes.shape[0], (SMALL.in_caps, SMALL.out_caps, SMALL.pose_dim)
+    out = _run(r, votes, acts, poses)
+    assert out.poses.shape == (B, J, D), f"poses {tuple(out.poses.shape)} != {(B, J, D)}"
+    assert out.activations.shape == (B, J), f"activations {tuple(out.activations.shape)} != {(B, J)}"
+    diag = _run(r, votes, acts, poses, diagnostics=True)
+    assert diag.coupling is not None and diag.coupling.shape == (B, I, J), "diagnostics: coupling must be (B, I, J)"
+    for field in ("logit_change", "entropy"):
+        t = getattr(diag, field)
+        assert t is not None and t.dim() == 1 and t.numel() >= 1, f"diagnostics: {field} must be a 1-D per-iteration tensor"
+        _finite(t, field)
+    torch.testing.assert_close(diag.poses, out.poses, msg="diagnostics must not change the poses")
+
+
+def routing_extreme_inputs(name: str) -> None:
+    r = make_routing(name)
+    for scale, label in ((0.0, "zero"), (HUGE, "very large")):
+        votes, acts, poses = routing_inputs(SMALL, scale=1.0)
+        votes = (votes * scale).requires_grad_()
+        out = _run(r, votes, acts, poses * (scale if scale else 1.0))
+        _finite(out.poses, f"poses for {label} votes")
+        _finite(out.activations, f"activations for {label} votes")
+        (out.poses.sum() + out.activations.sum()).backward()
+        _finite(votes.grad, f"gradient for {label} votes")
+
+
+def routing_gradients(name: str) -> None:
+    r = make_routing(name)
+    votes, acts, poses = routing_inputs(SMALL)
+    votes.requires_grad_()
+    out = _run(r, votes, acts, poses)
+    (out.poses.square().sum() + out.activations.sum()).backward()
+    assert votes.grad is not None and votes.grad.abs().sum() > 0, "no gradient reaches the votes"
+    for pname, p in r.named_parameters():
+        assert p.grad is None or torch.isfinite(p.grad).all(), f"parameter {pname} has a non-finite gradient"
+
+
+def routing_determinism(name: str) -> None:
+    votes, acts, poses = routing_inputs(SMALL)
+    a = _run(make_routing(name), votes, acts, poses)
+    b = _run(make_routing(name), votes, acts, poses)
+    torch.testing.assert_close(a.poses, b.poses, rtol=0, atol=0, msg="same seed, different poses")
+    torch.testing.assert_close(a.activations, b.activations, rtol=0, atol=0)
+
+
+def routing_batch_of_one(name: str) -> None:
+    r = make_routing(name)
+    votes, acts, poses = routing_inputs(SMALL, batch=3)
+    out = _run(r, votes[:1], acts[:1], poses[:1])
+    assert out.poses.shape == (1, SMALL.out_caps, SMALL.pose_dim)
+    if not getattr(r, "stochastic", False):  # routing is per example: batch-mates must not matter
+        full = _run(r, votes, acts, poses)
+        torch.testing.assert_close(out.poses, full.poses[:1], msg="routing of example 0 depends on its batch-mates")
+
+
+def routing_gradcheck(name: str) -> None:
+    r = make_routing(name, TINY, torch.float64)
+    votes, acts, poses = routing_inputs(TINY, batch=2, dtype=torch.float64)
+
+    def f(v):
+        out = _run(r, v, acts, poses)
+        return out.poses, out.activations
+
+    assert torch.autograd.gradcheck(f, (votes.requires_grad_(),), eps=1e-6, atol=1e-5, rtol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------- squash
+def make_squash(name: str):
+    return registry("squash").get(name)()
+
+
+def squash_shape_and_range(name: str) -> None:
+    sq = make_squash(name)
+    s = torch.randn(3, 7, 5) * 3
+    v = sq(s)
+    assert v.shape == s.shape
+    n_v, n_s = v.norm(dim=-1), s.norm(dim=-1)
+    assert (n_v < 1).all() and (n_v >= 0).all(), "squashed lengths must lie in [0, 1)"
+    cos = torch.nn.functional.cosine_similarity(v, s, dim=-1)
+    torch.testing.assert_close(cos, torch.ones_like(cos), msg="squash must keep the direction")
+    order = n_s.flatten().argsort()
+    assert (n_v.flatten()[order].diff() >= -1e-6).all(), "squashed length must grow with |s|"
+    torch.testing.assert_close(sq(s.transpose(0, 2), dim=0).transpose(0, 2), v, msg="dim argument ignored")
+
+
+def squash_extreme_inputs(name: str) -> None:
+    sq = make_squash(name)
+    for s in (torch.zeros(2, 4, 6), torch.full((2, 4, 6), HUGE), torch.full((2, 4, 6), 1e-20)):
+        s = s.clone().requires_grad_()
+        v = sq(s)
+        _finite(v, "squash output")
+        v.sum().backward()
+        _finite(s.grad, "squash gradient")
+
+
+def squash_gradcheck(name: str) -> None:
+    sq = make_squash(name).double()
+    s = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(sq, (s,), eps=1e-6, atol=1e-5, rtol=1e-3)
+
+
+def squash_determinism_and_batch_of_one(name: str) -> None:
+    s = torch.randn(3, 5, 8)
+    torch.testing.assert_close(make_squash(name)(s), make_squash(name)(s), rtol=0, atol=0)
+    torch.testing.assert_close(make_squash(name)(s[:1]), make_squash(name)(s)[:1])
+
+
+# ---------------------------------------------------------------------------------------- loss
+def make_loss(name: str):
+    return registry("loss").get(name)()
+
+
+def _scores(batch=4, classes=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, classes, generator=g) * 0.8 + 0.1, torch.randint(0, classes, (batch,), generator=g)
+
+
+def loss_scalar_and_order(name: str) -> None:
+    loss = make_loss(name)
+    scores, y = _scores()
+    value = loss(scores, y)
+    assert value.dim() == 0, "a loss returns a scalar"
+    right = torch.nn.functional.one_hot(y, 5).float() * 0.95 + 0.02
+    wrong = torch.nn.functional.one_hot((y + 1) % 5, 5).float() * 0.95 + 0.02
+    assert loss(right, y) < loss(wrong, y), "the loss must prefer the right class"
+    multi = torch.nn.functional.one_hot(y, 5) | torch.nn.functional.one_hot((y + 2) % 5, 5)
+    _finite(loss(scores, multi), "loss with multi-hot targets")
+
+
+def loss_extreme_inputs(name: str) -> None:
+    loss = make_loss(name)
+    _, y = _scores()
+    for scores in (torch.zeros(4, 5), torch.full((4, 5), HUGE), torch.ones(4, 5)):
+        scores = scores.clone().requires_grad_()
+        value = loss(scores, y)
+        _finite(value, "loss")
+        value.backward()
+        _finite(scores.grad, "loss gradient")
+
+
+def loss_gradients_and_batch_of_one(name: str) -> None:
+    loss = make_loss(name)
+    scores, y = _scores()
+    scores.requires_grad_()
+    loss(scores, y).backward()
+    assert scores.grad is not None and scores.grad.abs().sum() > 0, "no gradient reaches the scores"
+    torch.testing.assert_close(loss(scores, y), make_loss(name)(scores, y), rtol=0, atol=0)
+    assert loss(scores[:1], y[:1]).dim() == 0
+
+
+def loss_gradcheck(name: str) -> None:
+    loss = make_loss(name).double()
+    scores, y = _scores()
+    assert torch.autograd.gradcheck(lambda s: loss(s, y, step=10), (scores.double().requires_grad_(),), eps=1e-6, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------- model
+def model_forward_backward(name: str) -> None:
+    from capslab.build import build_model
+
+    torch.manual_seed(0)
+    info = DataInfo(1, 28, 28, 10)
+    model = build_model(name, info)
+    x, y = torch.rand(2, 1, 28, 28), torch.tensor([3, 7])
+    model.train()
+    out = model(x, y, diagnostics=True)
+    assert out.scores.shape == (2, 10)
+    if out.reconstruction is not None:
+        assert out.reconstruction.shape == x.shape
+    (out.scores.sum() + (out.reconstruction.sum() if out.reconstruction is not None else 0)).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    model.eval()
+    with torch.no_grad():
+        _finite(model(x).scores, "eval scores")
+
+
+CHECKS: dict[str, list[Check]] = {
+    "routing": [routing_shapes, routing_extreme_inputs, routing_gradients, routing_determinism,
+                routing_batch_of_one, routing_gradcheck],
+    "squash": [squash_shape_and_range, squash_extreme_inputs, squash_gradcheck, squash_determinism_and_batch_of_one],
+    "loss": [loss_scalar_and_order, loss_extreme_inputs, loss_gradients_and_batch_of_one, loss_gradcheck],
+    "model": [model_forward_backward],
+}
+
+
+def cases(kinds=tuple(CHECKS), names: list[str] | None = None) -> Iterator[tuple[str, str, Check]]:
+    """(kind, name, check) for every registered component (or only ``names``), for parametrize."""
+    for kind in kinds:
+        for entry in registry(kind):
+            if names is None or entry.name in names:
+                for check in CHECKS[kind]:
+                    yield kind, entry.name, check
+
+
+def run_all(kinds=tuple(CHECKS), names: list[str] | None = None) -> None:
+    """Run every check, raising on the first failure (outside pytest)."""
+    for kind, name, check in cases(kinds, names):
+        try:
+            check(name)
+        except AssertionError as exc:
+            raise AssertionError(f"{kind} {name!r}: {check.__name__}: {exc}") from exc
