@@ -1,0 +1,35 @@
+"""Batched data augmentation.
+
+``random_shift`` is the paper's only augmentation (Sabour et al. 2017, Sec. 5: "shifted by up to 2
+pixels in each direction with zero padding"): out[b, c, y, x] = in[b, c, y - dy_b, x - dx_b], zero where
+the source falls outside the image, with (dx_b, dy_b) drawn uniformly from [-m, m]^2 per image.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+
+def random_shift(images: Tensor, max_shift: int, generator: torch.Generator | None = None) -> Tensor:
+    """Shift each image of (B, C, H, W) by its own random integer (dx, dy), |dx|, |dy| <= max_shift.
+
+    Zero fill, one gather for the whole batch, on the input's device; the shifts are drawn from
+    ``generator`` (on its own device) when given, so the result is reproducible.
+    """
+    if max_shift < 0:
+        raise ValueError(f"max_shift must be >= 0, got {max_shift}")
+    if max_shift == 0 or images.numel() == 0:
+        return images
+    b, c, h, w = images.shape
+    m = max_shift
+    rng_device = generator.device if generator is not None else images.device
+    shift = torch.randint(-m, m + 1, (b, 2), generator=generator, device=rng_device).to(images.device)  # (B, 2): dx, dy
+    padded = F.pad(images, (m, m, m, m))  # (B, C, H + 2m, W + 2m); padded[.., y + m, x + m] = in[.., y, x]
+    # out[y, x] = in[y - dy, x - dx] = padded[y - dy + m, x - dx + m]; 0 where that lands in the padding
+    rows = torch.arange(h, device=images.device) + (m - shift[:, 1:2])  # (B, H)
+    cols = torch.arange(w, device=images.device) + (m - shift[:, 0:1])  # (B, W)
+    # one flat gather over (H * W) per image: much faster on CPU than 4-D advanced indexing
+    flat = (rows[:, :, None] * (w + 2 * m) + cols[:, None, :]).reshape(b, 1, h * w).expand(b, c, h * w)
+    return padded.reshape(b, c, -1).gather(2, flat).reshape(b, c, h, w)
