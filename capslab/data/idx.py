@@ -150,7 +150,7 @@ class IDXDataset(Dataset):
         if found is not None:
             return found
         if not self.params.download:
-            raise DataError(f"{directory / f.name}[.gz] not found; put the {self.name} IDX files in "
+            raise DataError(f"{directory / f.name}[.gz] not found; put the {self.name} files in "
                             f"{directory} or set download: true")
         gz = f"{f.name}.gz"
         return fetch(gz, [m + gz for m in self.mirrors], f"md5:{f.md5}", directory)

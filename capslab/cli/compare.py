@@ -1,0 +1,50 @@
+"""``capslab compare RECIPE [--jobs N] [--out DIR]``: run variants side by side, one table out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from capslab.cli.common import out, user_errors
+from capslab.compare import load_compare, run_compare
+from capslab.compare.results import METRICS, aggregate
+from capslab.errors import CapslabError
+
+
+@user_errors
+def compare(
+    recipe: Annotated[Path, typer.Argument(help="comparison recipe: base, variants / grid, seeds")],
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="runs at once (CPU threads are split)")] = 1,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="default runs/compare-<recipe>")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="validate every run's recipe, list the runs, stop")] = False,
+) -> None:
+    """Train every variant x seed under the same data and budget; table of mean ± std over seeds.
+
+    Rerunning the same command resumes an interrupted comparison: finished runs are skipped.
+    """
+    if not recipe.is_file():
+        raise CapslabError(f"{recipe}: comparison recipe not found")
+    runs = load_compare(recipe)
+    out_dir = out_dir or Path("runs") / f"compare-{recipe.stem}"
+    if dry_run:
+        for run in runs:
+            out.print(f"{run.key}: {run.recipe.model.name} + {run.recipe.routing.name} {run.recipe.routing.params}")
+        return
+    paths = run_compare(runs, out_dir, jobs)
+    import json
+
+    rows = aggregate(json.loads(paths["json"].read_text())["runs"])
+    table = Table(title=f"capslab compare {recipe}")
+    for col in ["variant", "seeds"] + [title for _, title, _ in METRICS]:
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    for row in rows:
+        table.add_row(row.variant, str(len(row.seeds)), *[row.cell(k, f) for k, _, f in METRICS])
+    out.print(table)
+    out.print("written: " + ", ".join(str(p) for p in paths.values()))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compare")(compare)

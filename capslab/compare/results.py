@@ -1,0 +1,75 @@
+"""Aggregate per-run summaries into one row per variant: mean ± std over seeds (the paper's Table 1)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from statistics import mean, stdev
+
+# per-run summary fields averaged over seeds: (key, column title, format)
+METRICS = [
+    ("test_error", "test error %", "{:.2f}"),
+    ("params", "params", "{:,.0f}"),
+    ("train_img_s", "train img/s", "{:.1f}"),
+    ("infer_img_s", "infer img/s", "{:.1f}"),
+    ("peak_memory_mb", "peak MB", "{:.0f}"),
+    ("wall_s", "wall s", "{:.0f}"),
+]
+
+
+@dataclass
+class VariantRow:
+    variant: str
+    seeds: list[int] = field(default_factory=list)
+    mean: dict[str, float] = field(default_factory=dict)
+    std: dict[str, float] = field(default_factory=dict)  # sample std (n - 1); nan with one seed
+
+    def cell(self, key: str, fmt: str) -> str:
+        m = self.mean.get(key, math.nan)
+        if math.isnan(m):
+            return "–"
+        s = self.std.get(key, math.nan)
+        if key == "test_error" and not math.isnan(s):
+            return f"{fmt.format(m)} ± {fmt.format(s)}"
+        return fmt.format(m)
+
+
+def aggregate(runs: Sequence[dict]) -> list[VariantRow]:
+    """runs: dicts with 'variant', 'seed' and the METRICS keys (missing -> nan); order of first sight."""
+    rows: dict[str, VariantRow] = {}
+    for run in runs:
+        rows.setdefault(run["variant"], VariantRow(run["variant"])).seeds.append(run["seed"])
+    for name, row in rows.items():
+        mine = [r for r in runs if r["variant"] == name]
+        for key, _, _ in METRICS:
+            values = [float(r[key]) for r in mine if r.get(key) is not None and not math.isnan(float(r[key]))]
+            row.mean[key] = mean(values) if values else math.nan
+            row.std[key] = stdev(values) if len(values) > 1 else math.nan
+    return list(rows.values())
+
+
+def write_results(rows: list[VariantRow], runs: Sequence[dict], out_dir: Path) -> dict[str, Path]:
+    """results.csv, results.json (rows + every run) and results.md in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {k: out_dir / f"results.{k}" for k in ("csv", "json", "md")}
+    with paths["csv"].open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["variant", "seeds"] + [c for k, _, _ in METRICS for c in (f"{k}_mean", f"{k}_std")])
+        for row in rows:
+            w.writerow([row.variant, len(row.seeds)] + [row_v for k, _, _ in METRICS for row_v in (row.mean[k], row.std[k])])
+    paths["json"].write_text(json.dumps({"variants": [asdict(r) for r in rows], "runs": list(runs)}, indent=2,
+                                        default=str))
+    paths["md"].write_text(markdown_table(rows) + "\n")
+    return paths
+
+
+def markdown_table(rows: list[VariantRow]) -> str:
+    head = ["variant", "seeds"] + [title for _, title, _ in METRICS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        lines.append("| " + " | ".join([row.variant, str(len(row.seeds))] + [row.cell(k, f) for k, _, f in METRICS]) + " |")
+    return "\n".join(lines)

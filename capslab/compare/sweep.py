@@ -1,0 +1,117 @@
+"""A comparison recipe: a base experiment, variants and a grid over recipe keys, and seeds.
+
+    # capslab compare recipes/compare/routing.yaml [--jobs 2]
+    base: quickstart            # a recipe file (relative to this file), an embedded name, or a mapping
+    set: [train.epochs=2]       # overrides applied to every run
+    variants:                   # optional: one entry per variant, each a label plus overrides
+      - {label: dynamic-3, routing: {name: dynamic, iterations: 3}}
+      - {label: em, routing: em, model.primary_dim: 16}
+    grid:                       # optional: the product of these values (dotted recipe keys)
+      routing.iterations: [1, 3]
+    seeds: [0, 1, 2]
+
+Runs = variants x grid x seeds; every run's recipe is validated before any run starts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError
+
+from capslab.params import Params
+from capslab.recipe import COMPONENTS, Recipe, RecipeError, find_recipe, parse_recipe, read_yaml
+from capslab.recipe.loader import Locator
+
+
+class CompareSpec(Params):
+    base: str | dict[str, Any] = "quickstart"
+    set: list[str] = []
+    variants: list[dict[str, Any]] = []
+    grid: dict[str, list[Any]] = {}
+    seeds: list[int] = Field([0], min_length=1)
+
+
+@dataclass
+class PlannedRun:
+    variant: str
+    seed: int
+    recipe: Recipe
+
+    @property
+    def key(self) -> str:
+        return f"{slug(self.variant)}/seed-{self.seed}"
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_") or "base"
+
+
+def override(key: str, value: Any) -> str:
+    """key=value with the value as YAML flow (JSON is YAML 1.2); ``routing: em`` -> ``{name: em}`` so that
+    later overrides of ``routing.<param>`` have a section to go into."""
+    if key in COMPONENTS and isinstance(value, str):
+        value = {"name": value}
+    return f"{key}={json.dumps(value)}"
+
+
+def _label_part(key: str, value: Any) -> str:
+    parts = key.split(".")
+    name = parts[0] if parts[-1] == "name" and len(parts) == 2 else parts[-1]
+    return f"{name}={value if not isinstance(value, (dict, list)) else json.dumps(value)}"
+
+
+def variant_overrides(spec: CompareSpec) -> list[tuple[str, list[str]]]:
+    """(label, overrides) for each variant x grid point."""
+    variants = spec.variants or [{}]
+    keys = list(spec.grid)
+    points = list(itertools.product(*(spec.grid[k] for k in keys))) or [()]
+    out = []
+    for variant in variants:
+        v = dict(variant)
+        label = str(v.pop("label", "")) or ", ".join(_label_part(k, x) for k, x in v.items())
+        for point in points:
+            grid_label = ", ".join(_label_part(k, x) for k, x in zip(keys, point))
+            full = ", ".join(filter(None, [label, grid_label])) or "base"
+            out.append((full, [override(k, x) for k, x in v.items()] + [override(k, x) for k, x in zip(keys, point)]))
+    return out
+
+
+def load_compare(path: str | Path) -> list[PlannedRun]:
+    """Read and validate a comparison recipe; RecipeError lists every problem of every run."""
+    path = Path(path)
+    data, positions = read_yaml(path)
+    at = Locator(str(path), positions)
+    try:
+        spec = CompareSpec.model_validate(data or {})
+    except ValidationError as exc:
+        raise RecipeError([at.problem(tuple(e["loc"]), e["msg"]) for e in exc.errors()]) from None
+    if isinstance(spec.base, dict):
+        base, base_pos, source = spec.base, {("base",) + k: v for k, v in positions.items()}, f"{path} (base)"
+    else:
+        local = path.parent / spec.base
+        base_path = local if local.is_file() else find_recipe(spec.base)
+        base, base_pos = read_yaml(base_path)
+        source = str(base_path)
+    runs, problems, labels = [], [], set()
+    for label, overrides in variant_overrides(spec):
+        if label in labels:
+            problems.append(at.problem(("variants",), f"two variants are both labelled {label!r}; give each a label"))
+            continue
+        labels.add(label)
+        for seed in spec.seeds:
+            try:
+                recipe = parse_recipe(json.loads(json.dumps(base)), source, [*spec.set, *overrides, f"seed={seed}"],
+                                      base_pos if not isinstance(spec.base, dict) else None)
+            except RecipeError as exc:
+                problems += [f"{p} (variant {label!r})" for p in exc.problems]
+                break
+            runs.append(PlannedRun(label, seed, recipe))
+    if problems:
+        raise RecipeError(problems)
+    return runs

@@ -1,0 +1,96 @@
+"""capslab compare: sweep expansion, validation of every run, mean ± std, resume, the CLI."""
+
+import json
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+from capslab.cli.main import app
+from capslab.compare import aggregate, load_compare, markdown_table, run_compare
+from capslab.recipe import RecipeError
+
+TINY = ["train.epochs=1", "train.limit_train=32", "train.limit_test=20", "train.batch_size=16",
+        "model.conv_channels=4", "model.primary_types=2", "train.log_every=1"]
+
+
+def write(tmp_path, text, name="cmp.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_variants_times_grid_times_seeds(tmp_path):
+    path = write(tmp_path, """
+base: quickstart
+variants:
+  - {label: dyn}
+  - {routing: max_min}
+grid:
+  routing.iterations: [1, 3]
+seeds: [0, 1, 2]
+""")
+    runs = load_compare(path)
+    assert len(runs) == 2 * 2 * 3
+    labels = sorted({r.variant for r in runs})
+    assert labels == ["dyn, iterations=1", "dyn, iterations=3", "routing=max_min, iterations=1",
+                      "routing=max_min, iterations=3"]
+    r = next(r for r in runs if r.variant == "routing=max_min, iterations=3" and r.seed == 2)
+    assert (r.recipe.routing.name, r.recipe.routing.params["iterations"], r.recipe.seed) == ("max_min", 3, 2)
+
+
+def test_every_runs_recipe_is_validated_before_anything_runs(tmp_path):
+    path = write(tmp_path, """
+base: quickstart
+variants:
+  - {label: good}
+  - {label: bad, routing.iteratons: 2}
+  - {label: unknown, routing: dynamc}
+""")
+    with pytest.raises(RecipeError) as err:
+        load_compare(path)
+    text = str(err.value)
+    assert "iteratons" in text and "(variant 'bad')" in text
+    assert "did you mean 'dynamic'" in text and "(variant 'unknown')" in text
+    assert "good" not in text
+
+
+def test_spec_errors_name_the_line(tmp_path):
+    path = write(tmp_path, "base: quickstart\nseeds: [0]\ngrd: {}\n")
+    with pytest.raises(RecipeError, match=r"cmp.yaml:3:1: grd: Extra inputs are not permitted"):
+        load_compare(path)
+
+
+def test_mean_and_sample_std_over_seeds():
+    runs = [{"variant": "a", "seed": s, "test_error": e, "params": 10} for s, e in enumerate([1.0, 2.0, 4.0])]
+    runs.append({"variant": "b", "seed": 0, "test_error": 3.0, "params": 5})
+    a, b = aggregate(runs)
+    assert a.mean["test_error"] == pytest.approx(7 / 3)
+    assert a.std["test_error"] == pytest.approx(math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2))
+    assert math.isnan(b.std["test_error"]) and b.cell("test_error", "{:.2f}") == "3.00"
+    assert "| a | 3 | 2.33 ± 1.53 |" in markdown_table([a, b])
+
+
+def test_compare_runs_writes_results_and_resumes(tmp_path):
+    path = write(tmp_path, "base: quickstart\nset: " + json.dumps(TINY) + "\nvariants: [{label: one}]\nseeds: [0, 1]\n")
+    out = tmp_path / "out"
+    paths = run_compare(load_compare(path), out, jobs=2)
+    results = json.loads(paths["json"].read_text())
+    assert [r["seed"] for r in results["runs"]] == [0, 1]
+    run = results["runs"][0]
+    assert 0 <= run["test_error"] <= 100 and run["params"] > 0 and run["infer_img_s"] > 0 and run["peak_memory_mb"] > 0
+    assert (out / "one" / "seed-0" / "metrics.jsonl").exists() and paths["errors_png"].stat().st_size > 0
+    assert "| one | 2 |" in paths["md"].read_text()
+    before = (out / "one" / "seed-0" / "summary.json").stat().st_mtime_ns
+    (out / "one" / "seed-1" / "summary.json").unlink()  # as if interrupted during seed 1
+    run_compare(load_compare(path), out, jobs=1)
+    assert (out / "one" / "seed-0" / "summary.json").stat().st_mtime_ns == before  # finished run skipped
+    assert (out / "one" / "seed-1" / "summary.json").exists()
+
+
+def test_cli_errors_exit_2_in_one_line(tmp_path):
+    res = CliRunner().invoke(app, ["compare", str(tmp_path / "missing.yaml")])
+    assert res.exit_code == 2 and "missing.yaml: comparison recipe not found" in res.output
+    path = write(tmp_path, "base: quickstart\nvariants: [{routing: dynamc}]\n")
+    res = CliRunner().invoke(app, ["compare", str(path), "--dry-run"])
+    assert res.exit_code == 2 and "did you mean 'dynamic'" in res.output and "Traceback" not in res.output
