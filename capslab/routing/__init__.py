@@ -1,3 +1,7 @@
+from capslab.routing.agreement import AggregationParams, AgreementParams, AgreementRouting
 from capslab.routing.base import Routing, RoutingResult, RoutingSpec, coupling_entropy, stack_stats
 
-__all__ = ["Routing", "RoutingResult", "RoutingSpec", "coupling_entropy", "stack_stats"]
+__all__ = [
+    "AggregationParams", "AgreementParams", "AgreementRouting", "Routing", "RoutingResult", "RoutingSpec",
+    "coupling_entropy", "stack_stats",
+]

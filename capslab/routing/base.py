@@ -59,6 +59,7 @@ class Routing(Component, nn.Module):
 
     needs_activations: ClassVar[bool] = False  # True: forward requires input activations (B, I)
     needs_poses: ClassVar[bool] = False  # True: forward requires input poses (B, I, D_in)
+    stochastic: ClassVar[bool] = False  # True: draws random numbers, so batch-mates change an example's draw
 
     def __init__(self, spec: RoutingSpec, squash: nn.Module | None = None, **params):
         nn.Module.__init__(self)

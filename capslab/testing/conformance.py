@@ -96,7 +96,7 @@ def routing_batch_of_one(name: str) -> None:
     votes, acts, poses = routing_inputs(SMALL, batch=3)
     out = _run(r, votes[:1], acts[:1], poses[:1])
     assert out.poses.shape == (1, SMALL.out_caps, SMALL.pose_dim)
-    if not getattr(r, "stochastic", False):  # routing is per example: batch-mates must not matter
+    if not r.stochastic:  # routing is per example: batch-mates must not matter
         full = _run(r, votes, acts, poses)
         torch.testing.assert_close(out.poses, full.poses[:1], msg="routing of example 0 depends on its batch-mates")
 

@@ -1,0 +1,66 @@
+"""``self_routing``: self-routing capsule networks (Hahn, Pyeon, Kim 2019, NeurIPS; official code
+coder3000/SR-CapsNet, ``modules.py`` SelfRouting2d).
+
+Each input capsule routes itself with its own routing network on its pose u_i (no agreement, no
+iterations):
+
+    c_ij = softmax_j(W^r_i u_i + b^r_i)                        W^r_i (D_in -> J) and b^r_i zero-initialised
+    a_j  = sum_i c_ij a_i / sum_i a_i                            output activation
+    v_j  = sum_i (c_ij a_i / sum_i' c_i'j a_i') u_hat_{j|i}       activation-weighted mean of the votes
+
+Inputs: the poses (B, I, D_in) are required; absent activations count as ones (then a_j is the mean
+coupling). Since sum_j c_ij = 1, the a_j sum to 1 over the outputs and lie in [0, 1] (margin loss and
+NLL both apply). The poses are returned as is, as the official code (``squash_poses: true`` squashes
+them with the recipe's squash). The official divisions have no guard; we clamp the denominators at
+``eps`` so all-zero activations give zeros, not NaN. Diagnostics (one pass): the coupling, its
+entropy, and as the logit-change analogue mean |W^r_i u_i + b^r_i|, the logits' departure from their
+zero initialisation (uniform coupling).
+"""
+
+import torch
+from pydantic import Field
+from torch import nn
+
+import capslab
+
+
+class SelfRoutingParams(capslab.Params):
+    squash_poses: bool = False
+    eps: float = Field(1e-12, gt=0)  # floor of the denominators (the official module's eps constant)
+
+
+class SelfRouting(capslab.Routing):
+    name = "self_routing"
+    Params = SelfRoutingParams
+    needs_poses = True
+    needs_activations = True
+
+    def __init__(self, spec: capslab.RoutingSpec, squash=None, **params):
+        super().__init__(spec, squash, **params)
+        d_in = spec.in_pose_dim or spec.pose_dim
+        self.weight = nn.Parameter(torch.zeros(spec.in_caps, d_in, spec.out_caps))  # W^r: (I, D_in, J)
+        self.bias = nn.Parameter(torch.zeros(spec.in_caps, spec.out_caps))  # b^r: (I, J)
+
+    def route(self, votes, activations, poses, iterations, diagnostics):
+        eps = self.params.eps
+        logits = torch.einsum("bik,ikj->bij", poses, self.weight) + self.bias  # (B, I, J)
+        c = logits.softmax(-1)  # (B, I, J): over the outputs
+        ca = c * activations.unsqueeze(-1)  # (B, I, J): c_ij a_i
+        ca_sum = ca.sum(1)  # (B, J)
+        a = ca_sum / activations.sum(1, keepdim=True).clamp_min(eps)  # (B, J)
+        weights = ca / ca_sum.unsqueeze(1).clamp_min(eps)  # (B, I, J), sums to 1 over i
+        # sum over i as a batched matmul on the (B, J, I, D) storage of the votes
+        v = (weights.transpose(1, 2).unsqueeze(2) @ votes.transpose(1, 2)).squeeze(2)  # (B, J, D)
+        if self.params.squash_poses:
+            v = self.squash(v)
+        result = capslab.RoutingResult(v, a)
+        if diagnostics:
+            result.coupling = c.detach()
+            result.logit_change = capslab.stack_stats([logits.detach().abs().mean()])
+            result.entropy = capslab.stack_stats([capslab.coupling_entropy(c, dim=-1)])
+        return result
+
+
+@capslab.hookimpl
+def register_routings(register):
+    register(SelfRouting)

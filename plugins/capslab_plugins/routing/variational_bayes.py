@@ -1,0 +1,119 @@
+"""``variational_bayes``: variational Bayes routing (Ribeiro, Leontidis, Kollias 2020, "Capsule Routing
+via Variational Bayes", AAAI; official code fabio-deep/Variational-Capsule-Routing ``src/vb_routing.py``).
+
+The output capsules are the components of a Gaussian mixture over the votes V_ij = u_hat_{j|i}, each
+vote weighted by its input activation a_i, with a Dirichlet(alpha0) prior on the mixing weights and a
+Normal-Wishart(m0, kappa0, Psi0, nu0) prior on each component (diagonal covariance). Start R_ij = 1/J;
+each of the ``iterations`` rounds updates q(pi, mu, Lambda), then (all but the last) q(z):
+
+    R_j = sum_i R_ij a_i ;  alpha_j = alpha0 + R_j ;  kappa_j = kappa0 + R_j ;  nu_j = nu0 + R_j
+    mu_j = sum_i R_ij a_i V_ij / R_j ;     m_j = (R_j mu_j + kappa0 m0) / kappa_j
+    Psi_j^-1 = Psi0^-1 + sum_i R_ij a_i (V_ij - mu_j)^2 + (kappa0 R_j / kappa_j) (mu_j - m0)^2
+    E[ln pi_j]  = digamma(alpha_j) - digamma(sum_j' alpha_j')
+    E[ln|L_j|]  = sum_{d=1..D} digamma((nu_j + 1 - d) / 2) + D ln 2 + ln|Psi_j|
+    ln rho_ij   = E[ln pi_j] + E[ln|L_j|]/2 - D ln(2 pi)/2 - (D/kappa_j + nu_j sum_d Psi_jd (V_ijd - m_jd)^2)/2
+    R_ij = softmax_j(ln rho_ij)
+
+Output: poses m_j (the posterior means) and activations
+
+    a_j = sigmoid(beta_a_j - (pi_j H[q(mu_j, L_j)] + beta_u_j)),  pi_j = exp(E[ln pi_j]),
+    H[q] = D ln(2 pi e)/2 - E[ln|L_j|]/2,
+
+with beta_a, beta_u learned per output capsule (zero-initialised), as the official code. Defaults are
+the paper's: 3 iterations, alpha0 = 1, kappa0 = 1, Psi0 = I, nu0 = D + 1, m0 = 0. Where the official
+code differs, as options: its assignment omits E[ln pi_j] from the numerator (``mixing_in_assignment:
+false``); it batch-normalises the activation logits (``batch_norm: true``; default off: batch
+statistics make an example's output depend on its batch-mates and fail at batch size 1) and the
+poses (not done here). Diagnostics: coupling R, its entropy, and mean |delta ln R| per iteration.
+"""
+
+import math
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+import capslab
+
+
+class VariationalBayesParams(capslab.Params):
+    iterations: int = Field(3, ge=1)
+    alpha0: float = Field(1.0, gt=0)  # Dirichlet prior on the mixing weights
+    kappa0: float = Field(1.0, gt=0)  # precision scale of the prior on the means
+    m0: float = 0.0  # prior mean (every dimension)
+    psi0: float = Field(1.0, gt=0)  # Wishart scale Psi0 = psi0 * I
+    nu0: float | None = Field(None, gt=0)  # Wishart degrees of freedom; None: D + 1
+    mixing_in_assignment: bool = True  # False: the official code's R_ij without E[ln pi_j]
+    batch_norm: bool = False  # BatchNorm (no affine) on the activation logits, as the official code
+    eps: float = Field(1e-10, gt=0)  # floor of R_j (all-zero input activations)
+
+
+class VariationalBayesRouting(capslab.Routing):
+    name = "variational_bayes"
+    Params = VariationalBayesParams
+    needs_activations = True
+
+    def __init__(self, spec: capslab.RoutingSpec, squash=None, **params):
+        super().__init__(spec, squash, **params)
+        J, D = spec.out_caps, spec.pose_dim
+        self.nu0 = self.params.nu0 if self.params.nu0 is not None else D + 1.0
+        self.beta_a = nn.Parameter(torch.zeros(J))
+        self.beta_u = nn.Parameter(torch.zeros(J))
+        self.bn = nn.BatchNorm1d(J, affine=False) if self.params.batch_norm else None
+
+    def update_params(self, u: Tensor, a: Tensor, R: Tensor) -> dict[str, Tensor]:
+        """q(pi, mu, Lambda) from the assignments R (B, J, I), activations a (B, I), votes u (B, J, I, D)."""
+        p, D = self.params, u.shape[-1]
+        Ra = R * a.unsqueeze(1)  # (B, J, I)
+        R_j = Ra.sum(-1).clamp_min(p.eps)  # (B, J)
+        kappa, nu, alpha = p.kappa0 + R_j, self.nu0 + R_j, p.alpha0 + R_j
+        mu = (Ra.unsqueeze(2) @ u).squeeze(2) / R_j.unsqueeze(-1)  # (B, J, D)
+        m = (R_j.unsqueeze(-1) * mu + p.kappa0 * p.m0) / kappa.unsqueeze(-1)  # (B, J, D)
+        scatter = (Ra.unsqueeze(2) @ (u - mu.unsqueeze(2)).square()).squeeze(2)  # (B, J, D)
+        inv_psi = 1.0 / p.psi0 + scatter + (p.kappa0 * R_j / kappa).unsqueeze(-1) * (mu - p.m0).square()
+        d = torch.arange(D, dtype=u.dtype, device=u.device)  # d - 1 for d = 1..D
+        e_ln_lambda = (torch.digamma((nu.unsqueeze(-1) - d) / 2).sum(-1) + D * math.log(2.0)
+                       - inv_psi.log().sum(-1))  # (B, J)
+        e_ln_pi = torch.digamma(alpha) - torch.digamma(alpha.sum(-1, keepdim=True))  # (B, J)
+        return dict(kappa=kappa, nu=nu, m=m, psi=1.0 / inv_psi, e_ln_lambda=e_ln_lambda, e_ln_pi=e_ln_pi)
+
+    def log_assign(self, u: Tensor, q: dict[str, Tensor]) -> Tensor:
+        """ln R (B, J, I): the expected log-likelihood of each vote under each component, normalised over j."""
+        D = u.shape[-1]
+        quad = ((u - q["m"].unsqueeze(2)).square() @ q["psi"].unsqueeze(-1)).squeeze(-1)  # (B, J, I)
+        e_quad = D / q["kappa"].unsqueeze(-1) + q["nu"].unsqueeze(-1) * quad
+        ln_rho = 0.5 * (q["e_ln_lambda"].unsqueeze(-1) - D * math.log(2 * math.pi) - e_quad)  # (B, J, I)
+        if self.params.mixing_in_assignment:
+            return (ln_rho + q["e_ln_pi"].unsqueeze(-1)).log_softmax(1)
+        return ln_rho - (ln_rho + q["e_ln_pi"].unsqueeze(-1)).logsumexp(1, keepdim=True)  # official
+
+    def route(self, votes, activations, poses, iterations, diagnostics):
+        u = votes.transpose(1, 2)  # (B, J, I, D)
+        B, J, I, D = u.shape
+        log_R = u.new_full((B, J, I), -math.log(J))  # uniform assignments
+        deltas, entropies = [], []
+        for t in range(iterations):
+            R = log_R.exp()
+            q = self.update_params(u, activations, R)
+            if diagnostics:
+                entropies.append(capslab.coupling_entropy(R, dim=1))
+            if t < iterations - 1 or diagnostics:  # the last E-step only feeds the diagnostics
+                new = self.log_assign(u, q)
+                if diagnostics:
+                    deltas.append((new - log_R).detach().abs().mean())
+                log_R = new
+        entropy = 0.5 * D * math.log(2 * math.pi * math.e) - 0.5 * q["e_ln_lambda"]  # (B, J): H[q(mu_j, L_j)]
+        logit = self.beta_a - (q["e_ln_pi"].exp() * entropy + self.beta_u)  # (B, J)
+        if self.bn is not None:
+            logit = self.bn(logit)
+        result = capslab.RoutingResult(q["m"], torch.sigmoid(logit))
+        if diagnostics:
+            result.coupling = R.detach().transpose(1, 2)  # (B, I, J)
+            result.logit_change = capslab.stack_stats(deltas)
+            result.entropy = capslab.stack_stats(entropies)
+        return result
+
+
+@capslab.hookimpl
+def register_routings(register):
+    register(VariationalBayesRouting)

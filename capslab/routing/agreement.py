@@ -1,0 +1,92 @@
+"""Routing by agreement with a pluggable coupling: the loop of Procedure 1 (Sabour, Frosst, Hinton 2017).
+
+    b_ij = initial_logits (0 in Procedure 1)       per example
+    repeat r times:
+        c = couple(b)                              coupling of each input i over the outputs j
+        s_j = sum_i c_ij u_hat_{j|i} (+ bias_j)
+        v_j = squash(s_j)
+        b_ij += u_hat_{j|i} . v_j
+
+Subclasses change only ``couple`` (``dynamic``: softmax / leaky softmax, ``max_min``: min-max
+normalisation) or ``initial_logits`` and the number of iterations (the ``uniform`` and ``random``
+baselines), so the loop lives here once. ``bias`` is the learned bias of the official code (init 0.1),
+``gradient`` "all" lets gradients flow through every iteration (official code), "detach_inner" detaches
+the votes in all but the last iteration (several PyTorch ports).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from capslab.params import Params
+from capslab.routing.base import Routing, RoutingResult, RoutingSpec, coupling_entropy, stack_stats
+from capslab.routing.fused import fused_agree
+
+
+class AggregationParams(Params):
+    bias: bool = True  # a learned bias added to s_j (official code)
+    bias_init: float = 0.1
+
+
+class AgreementParams(AggregationParams):
+    iterations: int = Field(3, ge=1)
+    gradient: Literal["all", "detach_inner"] = "all"
+
+
+class AgreementRouting(Routing):
+    """Base of agreement routings: override ``couple`` (and ``initial_logits``) only."""
+
+    Params = AgreementParams
+    votes_layout: ClassVar[str] = "bijd"  # ClassCapsules stores the votes (B, I, J, D): the fused loop's
+    fused: bool = True  # False: always the plain loop below (the reference the fused one is tested against)
+
+    def __init__(self, spec: RoutingSpec, squash: nn.Module | None = None, **params):
+        super().__init__(spec, squash, **params)
+        bias = self.params.bias
+        self.bias = nn.Parameter(torch.full((spec.out_caps, spec.pose_dim), self.params.bias_init)) if bias else None
+
+    def initial_logits(self, u: Tensor) -> Tensor:
+        """Routing logits before the first iteration, (B, J, I) output-major; Procedure 1: zeros."""
+        B, J, I, _ = u.shape
+        return u.new_zeros(B, J, I)
+
+    def couple(self, b: Tensor) -> Tensor:
+        """Coupling (B, J, I) from the logits (B, J, I), normalised over the outputs (dim 1)."""
+        return b.softmax(1)
+
+    def route(self, votes, activations, poses, iterations, diagnostics):
+        return self.agree(votes, iterations, self.params.gradient == "detach_inner", diagnostics)
+
+    def agree(self, votes: Tensor, iterations: int, detach_inner: bool, diagnostics: bool) -> RoutingResult:
+        """The Procedure-1 loop on votes (B, I, J, D); activations |v_j|."""
+        u = votes.transpose(1, 2)  # (B, J, I, D)
+        b = self.initial_logits(u)  # (B, J, I), per example, stored output-major
+        if self.fused and votes.is_contiguous() and not b.requires_grad:
+            return fused_agree(self, votes, b, iterations, detach_inner, diagnostics)  # same result, less memory traffic
+        u_inner = u.detach() if detach_inner else u
+        deltas, entropies = [], []
+        for r in range(iterations):
+            last = r == iterations - 1
+            uu = u if last else u_inner
+            c = self.couple(b)  # (B, J, I)
+            s = (c.unsqueeze(2) @ uu).squeeze(2)  # (B, J, 1, I) @ (B, J, I, D) -> (B, J, D)
+            if self.bias is not None:
+                s = s + self.bias
+            v = self.squash(s)  # (B, J, D)
+            if diagnostics:
+                entropies.append(coupling_entropy(c, dim=1))
+            if not last or diagnostics:  # the last update is only needed for the diagnostics
+                delta = (uu @ v.unsqueeze(-1)).squeeze(-1)  # (B, J, I, D) @ (B, J, D, 1) -> (B, J, I)
+                if diagnostics:
+                    deltas.append(delta.detach().abs().mean())
+                b = b + delta
+        result = RoutingResult(v, torch.linalg.vector_norm(v, dim=-1))
+        if diagnostics:
+            result.coupling = c.detach().transpose(1, 2)  # (B, I, J)
+            result.logit_change = stack_stats(deltas)
+            result.entropy = stack_stats(entropies)
+        return result
