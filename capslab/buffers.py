@@ -5,34 +5,49 @@ Why: glibc hands blocks above 32 MB straight back to the OS when they are freed,
 about 23k page faults, ~25 ms of one core per tensor per step, a third of what the routing costs.
 A slot keeps its tensor and hands it out again once nothing else references its storage (the
 previous step's graph is gone); while anything still does, the caller gets a new tensor, so reuse
-never aliases live data. CUDA tensors come from PyTorch's caching allocator and are not pooled.
+never aliases live data. Slots are per thread. CUDA tensors come from PyTorch's caching allocator
+and are not pooled, nor are tensors inside torch.compile'd code.
 """
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import Tensor
 
-_slots: dict[str, Tensor] = {}
+_local = threading.local()
+
+
+def _slots() -> dict[str, Tensor]:
+    if not hasattr(_local, "slots"):
+        _local.slots = {}
+    return _local.slots
 
 
 def _unshared(t: Tensor) -> bool:
-    """True when only the pool holds t's storage (the query itself adds one reference)."""
-    count = getattr(torch._C, "_storage_Use_Count", None)  # private API: without it, never reuse
-    return count is not None and t._base is None and count(t.untyped_storage()._cdata) <= 2 and t._use_count() <= 1
+    """True when only the pool holds t's storage (the storage query itself adds one reference)."""
+    storage_refs = getattr(torch._C, "_storage_Use_Count", None)  # private APIs: without them, never reuse
+    impl_refs = getattr(t, "_use_count", None)
+    if storage_refs is None or impl_refs is None:
+        return False
+    return storage_refs(t.untyped_storage()._cdata) <= 2 and impl_refs() <= 1
 
 
 def scratch(slot: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
     """An uninitialised tensor of ``shape`` (dtype/device of ``like``), reused for ``slot`` when free."""
-    if like.device.type != "cpu":
+    if like.device.type != "cpu" or torch.compiler.is_compiling():  # compiled graphs plan their own memory
         return like.new_empty(shape)
-    t = _slots.get(slot)
-    if t is None or t.shape != shape or t.dtype != like.dtype or not _unshared(t):
+    slots = _slots()
+    t = slots.get(slot)
+    # an inference tensor (made under torch.inference_mode) cannot be written outside that mode
+    stale = t is not None and t.is_inference() and not torch.is_inference_mode_enabled()
+    if t is None or stale or t.shape != shape or t.dtype != like.dtype or not _unshared(t):
         t = like.new_empty(shape)
-        _slots[slot] = t
+        slots[slot] = t
     return t
 
 
 def release() -> None:
-    """Drop every pooled tensor (frees their memory once no graph holds them)."""
-    _slots.clear()
+    """Drop this thread's pooled tensors (frees their memory once no graph holds them)."""
+    _slots().clear()

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from capslab.params import Params
 from capslab.routing.base import Routing, RoutingResult, RoutingSpec, coupling_entropy, stack_stats
-from capslab.routing.fused import fused_agree
+from capslab.routing.fused import fusable, fused_agree
 
 
 class AggregationParams(Params):
@@ -41,7 +41,7 @@ class AgreementRouting(Routing):
     """Base of agreement routings: override ``couple`` (and ``initial_logits``) only."""
 
     Params = AgreementParams
-    votes_layout: ClassVar[str] = "bijd"  # ClassCapsules stores the votes (B, I, J, D): the fused loop's
+    votes_layout: ClassVar[str] = "ibjd"  # ClassCapsules stores the votes (I, B, J, D): the fused loop's
     fused: bool = True  # False: always the plain loop below (the reference the fused one is tested against)
 
     def __init__(self, spec: RoutingSpec, squash: nn.Module | None = None, **params):
@@ -65,8 +65,8 @@ class AgreementRouting(Routing):
         """The Procedure-1 loop on votes (B, I, J, D); activations |v_j|."""
         u = votes.transpose(1, 2)  # (B, J, I, D)
         b = self.initial_logits(u)  # (B, J, I), per example, stored output-major
-        if self.fused and votes.is_contiguous() and not b.requires_grad:
-            return fused_agree(self, votes, b, iterations, detach_inner, diagnostics)  # same result, less memory traffic
+        if self.fused and fusable(votes) and not b.requires_grad:
+            return fused_agree(self, votes, b, iterations, detach_inner, diagnostics)  # same result, faster
         u_inner = u.detach() if detach_inner else u
         deltas, entropies = [], []
         for r in range(iterations):

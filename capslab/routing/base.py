@@ -21,7 +21,9 @@ How the algorithms map onto the contract:
   comes from a per-capsule routing network on the input pose, no iterations.
 
 Votes may arrive as a non-contiguous view: :class:`capslab.layers.ClassCapsules` stores them as
-``(B, J, I, D)`` so that ``votes.transpose(1, 2)`` is free and the per-output sums are batched matmuls.
+``(B, J, I, D)`` so that ``votes.transpose(1, 2)`` is free and the per-output sums are batched matmuls,
+unless the routing class sets ``votes_layout = "ibjd"`` (storage ``(I, B, J, D)``, what the fused
+agreement loop of :class:`capslab.AgreementRouting` reads; see capslab.layers.class_caps).
 """
 
 from __future__ import annotations

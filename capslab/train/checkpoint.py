@@ -1,0 +1,178 @@
+"""Checkpoints in safetensors only (no pickle: loading one never runs code).
+
+A checkpoint is a directory ``checkpoints/step-00000064/`` holding
+
+- ``model.safetensors``: the weights of the plain (never compiled) model; metadata (str -> str, JSON
+  values): format_version, recipe, step, epoch, metrics, capslab_version, plugins (name -> version);
+- ``trainer_state.safetensors``: optimizer state keyed by parameter name (never by position), RNG states
+  (torch CPU and CUDA, the data generator, numpy, python) and counters; tensors in the file, the rest
+  as JSON in its metadata.
+
+Written atomically: both files go into a temporary directory that ``os.replace`` renames into place;
+``checkpoints/latest`` (the name of the newest checkpoint) is replaced last; the last N are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from capslab.errors import CheckpointError
+
+FORMAT_VERSION = 1
+MODEL_FILE, STATE_FILE, LATEST = "model.safetensors", "trainer_state.safetensors", "latest"
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def save_checkpoint(root: Path, step: int, model_tensors: dict[str, Tensor], model_meta: dict[str, Any],
+                    state_tensors: dict[str, Tensor], state_meta: dict[str, Any], keep: int) -> Path:
+    """Write checkpoint ``root/step-N`` atomically, point ``root/latest`` at it, keep the last ``keep``."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / step_dir_name(step)
+    for stale in root.glob(".tmp-*"):  # left by a run killed while writing (one trainer per run dir)
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    tmp.mkdir()
+    _save(model_tensors, tmp / MODEL_FILE, model_meta)
+    _save(state_tensors, tmp / STATE_FILE, state_meta)
+    if final.exists():  # the same step saved again (a resumed run that re-ran it)
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    pointer = root / f".{LATEST}.tmp"
+    pointer.write_text(final.name + "\n", encoding="utf-8")
+    os.replace(pointer, root / LATEST)
+    for old in sorted(p for p in root.glob("step-*") if p.is_dir() and p != final)[: -keep + 1 or None]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _save(tensors: dict[str, Tensor], path: Path, meta: dict[str, Any]) -> None:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    save_file(tensors, str(path), metadata={k: json.dumps(v) for k, v in meta.items()})
+    with open(path, "rb") as f:  # on disk before the rename makes it visible
+        os.fsync(f.fileno())
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint directory for a run dir, a ``checkpoints`` dir, a checkpoint dir or its model file."""
+    p = Path(path)
+    if p.is_file() and p.suffix == ".safetensors":
+        p = p.parent
+    for root in (p / "checkpoints", p):
+        pointer = root / LATEST
+        if pointer.is_file() and not (p / MODEL_FILE).is_file():
+            name = pointer.read_text(encoding="utf-8").strip()
+            if not (root / name / MODEL_FILE).is_file():
+                raise CheckpointError(f"{pointer}: points at {name!r}, which has no {MODEL_FILE}; "
+                                      f"the run directory is damaged (point it at a step-* directory that exists)")
+            return root / name
+    if (p / MODEL_FILE).is_file():
+        return p
+    if not p.exists():
+        raise CheckpointError(f"{p}: no such file or directory")
+    raise CheckpointError(f"{p}: no checkpoint here (expected a run directory, a checkpoint directory "
+                          f"or a {MODEL_FILE} file)")
+
+
+def read_file(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """(tensors, metadata with JSON values decoded); CheckpointError naming the file if unreadable."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file is missing")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta = {k: json.loads(v) for k, v in raw.items()}
+    except Exception as exc:  # safetensors' own errors, OSError, bad JSON: all mean a damaged file
+        reason = " ".join(str(exc).split())[:160]
+        raise CheckpointError(f"{path}: corrupt or not a capslab safetensors checkpoint ({type(exc).__name__}: "
+                              f"{reason})") from None
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format_version {version!r}, this capslab reads {FORMAT_VERSION}")
+    return tensors, meta
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    return read_file(path)[1]
+
+
+# --- optimizer state, keyed by parameter name -------------------------------------------------------
+
+def optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    names = {id(p): n for n, p in model.named_parameters()}
+    order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]  # state_dict's indices
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            if isinstance(value, Tensor):
+                tensors[f"optimizer.{order[idx]}.{key}"] = value
+            else:
+                scalars[f"{order[idx]}.{key}"] = value
+    groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [order[i] for i in g["params"]]}
+              for g in sd["param_groups"]]
+    return tensors, {"groups": groups, "scalars": scalars, "type": type(optimizer).__name__}
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, tensors: dict[str, Tensor],
+                         meta: dict[str, Any], source: Path) -> None:
+    if meta.get("type") != type(optimizer).__name__:
+        raise CheckpointError(f"{source}: optimizer state is for {meta.get('type')}, the recipe builds "
+                              f"{type(optimizer).__name__}; resume with the same optimizer.name")
+    names = {id(p): n for n, p in model.named_parameters()}
+    index = {names[id(p)]: i for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])}
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            name, _, field = key.removeprefix("optimizer.").rpartition(".")
+            if name not in index:
+                raise CheckpointError(f"{source}: optimizer state for parameter {name!r}, which the model lacks")
+            state.setdefault(index[name], {})[field] = value
+    for key, value in meta["scalars"].items():
+        name, _, field = key.rpartition(".")
+        state.setdefault(index[name], {})[field] = value
+    groups = [{**g, "params": [index[n] for n in g["params"]]} for g in meta["groups"]]
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    except (ValueError, KeyError) as exc:
+        raise CheckpointError(f"{source}: optimizer state does not fit the model ({exc})") from None
+
+
+# --- random number generators -----------------------------------------------------------------------
+
+def rng_state(data_generator: torch.Generator) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    tensors = {"rng.torch": torch.get_rng_state(), "rng.data": data_generator.get_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    tensors["rng.numpy"] = torch.from_numpy(keys.astype(np.int64))
+    py_version, py_state, py_gauss = random.getstate()
+    meta = {"numpy": [kind, int(pos), int(has_gauss), float(gauss)], "python": [py_version, list(py_state), py_gauss]}
+    return tensors, meta
+
+
+def restore_rng(tensors: dict[str, Tensor], meta: dict[str, Any], data_generator: torch.Generator) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    data_generator.set_state(tensors["rng.data"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
+    kind, pos, has_gauss, gauss = meta["numpy"]
+    np.random.set_state((kind, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
+    py_version, py_state, py_gauss = meta["python"]
+    random.setstate((py_version, tuple(py_state), py_gauss))

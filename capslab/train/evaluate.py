@@ -1,0 +1,57 @@
+"""Evaluation: loss, accuracy and (optionally) routing diagnostics over a whole split."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from torch import nn
+
+from capslab.data.base import Split
+from capslab.losses.reconstruction import ReconstructionParams, reconstruction_loss
+from capslab.train.diagnostics import RoutingStats
+from capslab.train.runtime import correct, eval_batches
+
+
+def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def total_loss(out: Any, images: torch.Tensor, targets: torch.Tensor, loss_fn: nn.Module,
+               recon: ReconstructionParams, step: int) -> torch.Tensor:
+    """Classification loss + the reconstruction term when enabled and the model reconstructs."""
+    loss = loss_fn(out.scores.float(), targets, step=step)
+    if recon.enabled and out.reconstruction is not None:
+        loss = loss + reconstruction_loss(out.reconstruction.float(), images, recon.weight, recon.reduction)
+    return loss
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Split, *, device: torch.device, batch_size: int = 500,
+             loss_fn: nn.Module | None = None, recon: ReconstructionParams | None = None, step: int = 0,
+             bf16: bool = False, channels_last: bool = False, diagnostics: bool = False) -> dict[str, Any]:
+    """{"loss" (when a loss is given), "accuracy", "error", "examples", routing diagnostics}."""
+    was_training = model.training
+    model.eval()
+    n, hits, loss_sum = 0, 0, 0.0
+    stats = RoutingStats()
+    for images, targets in eval_batches(data, batch_size):
+        images, targets = images.to(device), targets.to(device)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(device, bf16):
+            out = model(images, diagnostics=diagnostics)
+        scores = out.scores.float()
+        hits += correct(scores, targets)
+        if loss_fn is not None:
+            loss_sum += float(total_loss(out, images, targets, loss_fn, recon or ReconstructionParams(enabled=False),
+                                         step)) * len(targets)
+        if diagnostics:
+            stats.add(out.routing, scores)
+        n += len(targets)
+    model.train(was_training)
+    result: dict[str, Any] = {"examples": n, "accuracy": hits / max(n, 1), "error": 1 - hits / max(n, 1)}
+    if loss_fn is not None:
+        result["loss"] = loss_sum / max(n, 1)
+    return {**result, **stats.summary()}

@@ -1,0 +1,93 @@
+"""What a run reports: ``metrics.jsonl`` (one JSON record per line) and the rich progress display."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+@dataclass
+class Meter:
+    """Running example-weighted mean loss and accuracy."""
+
+    n: int = 0
+    loss_sum: float = 0.0
+    hits: int = 0
+
+    def add(self, n: int, loss: float, hits: int) -> None:
+        self.n, self.loss_sum, self.hits = self.n + n, self.loss_sum + loss * n, self.hits + hits
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.n, 1)
+
+    @property
+    def accuracy(self) -> float:
+        return self.hits / max(self.n, 1)
+
+
+class MetricsLog:
+    """Appends records to metrics.jsonl; on resume, drops records past the checkpoint's step first
+    (they belong to the interrupted tail of the run that is about to be redone)."""
+
+    def __init__(self, path: Path, resume_step: int | None = None):
+        self.path = path
+        if resume_step is not None and path.is_file():
+            keep = [line for line in path.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and _step(line) <= resume_step]
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+            os.replace(tmp, path)
+        elif resume_step is None and path.exists():
+            path.unlink()
+
+    def write(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _step(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError):
+        return 1 << 62  # an unreadable (half-written) line goes
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def make_progress(console: Console) -> Progress:
+    """Epoch, step m/n, loss, accuracy, img/s, elapsed and ETA of the whole run."""
+    return Progress(
+        TextColumn("epoch {task.fields[epoch]}"),
+        BarColumn(bar_width=24),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:6.2%}  {task.fields[ips]:5.0f} img/s"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+def epoch_line(record: dict[str, Any], epochs: int) -> str:
+    r = record
+    return (f"epoch {r['epoch']}/{epochs}  step {r['step']}  train loss {r['train_loss']:.4f} "
+            f"acc {r['train_accuracy']:.2%}  |  test loss {r['test_loss']:.4f} acc {r['test_accuracy']:.2%} "
+            f"(error {r['test_error']:.2%})  |  {r['img_per_s']:.0f} img/s  {r['elapsed_s']:.0f} s")
