@@ -10,10 +10,9 @@ import typer
 
 from capslab.build import build_loss
 from capslab.cli.common import out, user_errors
-from capslab.errors import DataError
-from capslab.recipe import parse_recipe
+from capslab.analysis.data import checkpoint_split
 from capslab.train.evaluate import evaluate
-from capslab.train.runtime import load_split, make_dataset, resolve_device
+from capslab.train.runtime import resolve_device
 from capslab.train.state import load_checkpoint_model
 
 
@@ -31,24 +30,11 @@ def eval_checkpoint(
     """Evaluate a checkpoint on a dataset split: accuracy, error and loss."""
     dev = resolve_device(device)
     model, recipe, meta = load_checkpoint_model(checkpoint, dev)
-    if split not in ("train", "test"):
-        raise DataError(f"--split: {split!r}; use train or test")
-    data = recipe.to_dict()
-    if dataset is not None:
-        data["data"] = {"name": dataset}
-    if data_dir is not None:
-        data["data"]["data_dir"] = data_dir
-    recipe_here = parse_recipe(data, "--dataset/--data-dir")
-    ds = make_dataset(recipe_here)
-    trained_on = make_dataset(recipe).info
-    if (ds.info.shape, ds.info.num_classes) != (trained_on.shape, trained_on.num_classes):
-        raise DataError(f"--dataset {recipe_here.data.name}: images {ds.info.shape} in {ds.info.num_classes} classes, "
-                        f"but the checkpoint's model takes {trained_on.shape} in {trained_on.num_classes}")
-    split_data = load_split(ds, split, limit)
+    split_data = checkpoint_split(recipe, dataset=dataset, data_dir=data_dir, split=split, limit=limit)
     m = evaluate(model, split_data, device=dev, batch_size=batch_size, loss_fn=build_loss(recipe.loss.as_dict()).to(dev),
                  recon=recipe.reconstruction)
     result = {"checkpoint": str(checkpoint), "step": meta.get("step"), "epoch": meta.get("epoch"),
-              "dataset": recipe_here.data.name, "split": split, **m}
+              "dataset": dataset or recipe.data.name, "split": split, **m}
     if as_json:
         out.print_json(json.dumps(result))
         return
