@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from statistics import mean, stdev
 
+SUMMARY = "summary.json"  # written by the worker when a run is finished
+
 # per-run summary fields averaged over seeds: (key, column title, format)
 METRICS = [
     ("test_error", "test error %", "{:.2f}"),

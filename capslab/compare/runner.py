@@ -12,9 +12,8 @@ from pathlib import Path
 from rich.console import Console
 
 from capslab.compare.plots import plot_curves, plot_errors
-from capslab.compare.results import aggregate, write_results
+from capslab.compare.results import SUMMARY, aggregate, write_results
 from capslab.compare.sweep import PlannedRun
-from capslab.compare.worker import SUMMARY
 from capslab.errors import CapslabError
 from capslab.recipe import dump_recipe
 from capslab.train.report import read_metrics

@@ -17,13 +17,12 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from capslab.compare.results import SUMMARY
 from capslab.recipe import load_recipe
 from capslab.train import evaluate, load_checkpoint_model, resolve_checkpoint, train
 from capslab.train import checkpoint as ckpt
 from capslab.train.report import read_metrics
 from capslab.train.runtime import load_split, make_dataset, resolve_device
-
-SUMMARY = "summary.json"
 
 
 def synchronize(device: torch.device) -> None:
