@@ -47,3 +47,17 @@ class Dataset(Component):
 
     def load(self, split: Literal["train", "test"]) -> Split:
         raise NotImplementedError
+
+
+def single_label_base(base: str | dict, data_dir: str | None, who: str) -> Dataset:
+    """The one-digit dataset that ``who`` (multimnist, expanded_mnist) builds on; data_dir is the base's."""
+    from capslab.build import build_dataset
+    from capslab.errors import DataError
+
+    section = {"name": base} if isinstance(base, str) else dict(base)
+    if data_dir is not None:
+        section.setdefault("data_dir", data_dir)
+    dataset = build_dataset(section)
+    if dataset.info.multi_label:
+        raise DataError(f"{who} base {section['name']!r} is multi-label; use a one-digit dataset")
+    return dataset

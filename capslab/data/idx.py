@@ -56,7 +56,12 @@ def parse_idx(data: bytes, path: str | Path = "<bytes>", ndim: int | None = None
     if len(data) < header:
         raise DataError(f"{path}: truncated IDX header ({len(data)} bytes); delete it and download it again")
     shape = tuple(int(d) for d in np.frombuffer(data, ">u4", dims, 4))
-    dtype = np.dtype(IDX_TYPES[head[2]])
+    return matrix_payload(data, header, shape, np.dtype(IDX_TYPES[head[2]]), path)
+
+
+def matrix_payload(data: bytes, header: int, shape: tuple[int, ...], dtype: np.dtype, path: str | Path) -> np.ndarray:
+    """The array after a ``header``-byte header (IDX, NORB), in native byte order; DataError if the
+    payload is not exactly ``shape`` of ``dtype``."""
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(data) - header != expected:
         problem = "truncated" if len(data) - header < expected else "has trailing bytes"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from capslab.data.idx import read_idx_bytes
+from capslab.data.idx import matrix_payload, read_idx_bytes
 from capslab.errors import DataError
 
 NORB_TYPES = {0x1E3D4C55: "<u1", 0x1E3D4C54: "<i4", 0x1E3D4C56: "<i2", 0x1E3D4C51: "<f4", 0x1E3D4C53: "<f8"}
@@ -43,13 +43,7 @@ def parse_norb(data: bytes, path: str | Path = "<bytes>", ndim: int | None = Non
     shape = tuple(int(d) for d in np.frombuffer(data, "<i4", dims, 8))
     if min(shape) < 0:
         raise DataError(f"{path}: corrupt NORB header (shape {shape}); delete it and download it again")
-    dtype = np.dtype(NORB_TYPES[magic])
-    expected = int(np.prod(shape)) * dtype.itemsize
-    if len(data) - header != expected:
-        problem = "truncated" if len(data) - header < expected else "has trailing bytes"
-        raise DataError(f"{path}: {problem}: header says shape {shape} ({expected} bytes of data) but the file "
-                        f"holds {len(data) - header}; delete it and download it again")
-    return np.frombuffer(data, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+    return matrix_payload(data, header, shape, np.dtype(NORB_TYPES[magic]), path)
 
 
 def read_norb(path: str | Path, ndim: int | None = None) -> np.ndarray:

@@ -67,14 +67,8 @@ class ExpandedMNIST(capslab.Dataset):
     def __init__(self, **params):
         super().__init__(**params)
         p = self.params
-        section = {"name": p.base} if isinstance(p.base, str) else dict(p.base)
-        if p.data_dir is not None:
-            section.setdefault("data_dir", p.data_dir)  # data_dir is the base dataset's
-        self.base = capslab.build_dataset(section)
+        self.base = capslab.data.single_label_base(p.base, p.data_dir, "expanded_mnist")
         b = self.base.info
-        if b.multi_label:
-            raise capslab.DataError(f"expanded_mnist base {section['name']!r} is multi-label; use a one-digit "
-                                    f"dataset")
         self.info = capslab.DataInfo(b.channels, b.height + 2 * p.pad, b.width + 2 * p.pad, b.num_classes)
 
     def load(self, split: Literal["train", "test"]) -> capslab.Split:
