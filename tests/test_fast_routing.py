@@ -172,9 +172,15 @@ def test_scratch_reuses_a_free_tensor_only():
     buffers.release()
 
 
-def test_block_diagonal_contractions_match_einsum():
+@pytest.mark.parametrize("J", [J, 5])  # 5: no pairs of outputs for the agreement
+@pytest.mark.parametrize("storage", ["ibjd", "bijd"])  # per-(b, j) products, and block-diagonal ones
+def test_fused_contractions_match_einsum(storage, J):
     g = torch.Generator().manual_seed(0)
     u = torch.randn(B, I, J, D, generator=g, dtype=torch.float64)
+    if storage == "ibjd":
+        u = u.transpose(0, 1).contiguous().transpose(0, 1)
+    assert (fused.by_output(u) is not None) == (storage == "ibjd")
+    assert (fused.by_output(u, 2) is not None) == (storage == "ibjd" and J % 2 == 0)
     c = torch.rand(B, J, I, generator=g, dtype=torch.float64)
     v = torch.randn(B, J, D, generator=g, dtype=torch.float64)
     torch.testing.assert_close(fused.weighted_sum(c, u), torch.einsum("bji,bijd->bjd", c, u))

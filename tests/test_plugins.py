@@ -3,7 +3,6 @@
 import importlib.metadata as md
 import pkgutil
 import types
-from pathlib import Path
 
 import pytest
 from helpers import ROOT, install_package, run_python

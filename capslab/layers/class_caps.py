@@ -58,7 +58,7 @@ class _VotesIBJD(torch.autograd.Function):
         JD = wt.shape[-1]
         g = grad.to(ut.dtype).reshape(B, I, JD).transpose(0, 1)  # (I, B, J*D): any storage with (J, D) merged
         grad_u = grad_w = None
-        if ctx.needs_input_grad[0]:  # contiguous outputs keep ATen on its multi-threaded batched path
+        if ctx.needs_input_grad[0]:  # contiguous per-i blocks keep ATen on its multi-threaded batched path
             grad_u = torch.bmm(g, wt.transpose(1, 2)).transpose(0, 1).to(ctx.dtypes[0])  # (B, I, K) view
         if ctx.needs_input_grad[1]:
             gw = torch.bmm(ut.transpose(1, 2), g)  # (I, K, B) @ (I, B, J*D) -> (I, K, J*D)

@@ -23,7 +23,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from capslab.params import Params
-from capslab.routing.base import Routing, RoutingResult, RoutingSpec, coupling_entropy, stack_stats
+from capslab.routing.base import Routing, RoutingResult, RoutingSpec, coupling_entropy
 from capslab.routing.fused import fusable, fused_agree
 
 
@@ -66,7 +66,8 @@ class AgreementRouting(Routing):
         u = votes.transpose(1, 2)  # (B, J, I, D)
         b = self.initial_logits(u)  # (B, J, I), per example, stored output-major
         if self.fused and fusable(votes) and not b.requires_grad:
-            return fused_agree(self, votes, b, iterations, detach_inner, diagnostics)  # same result, faster
+            zeros = type(self).initial_logits is AgreementRouting.initial_logits
+            return fused_agree(self, votes, b, iterations, detach_inner, diagnostics, zeros)  # same result, faster
         u_inner = u.detach() if detach_inner else u
         deltas, entropies = [], []
         for r in range(iterations):
@@ -85,8 +86,4 @@ class AgreementRouting(Routing):
                     deltas.append(delta.detach().abs().mean())
                 b = b + delta
         result = RoutingResult(v, torch.linalg.vector_norm(v, dim=-1))
-        if diagnostics:
-            result.coupling = c.detach().transpose(1, 2)  # (B, I, J)
-            result.logit_change = stack_stats(deltas)
-            result.entropy = stack_stats(entropies)
-        return result
+        return result.with_diagnostics(c.transpose(1, 2), deltas, entropies) if diagnostics else result

@@ -55,6 +55,14 @@ class RoutingResult:
     logit_change: Tensor | None = None  # (iterations,) mean |delta b| per iteration; diagnostics only
     entropy: Tensor | None = None  # (iterations,) mean coupling entropy (nats) per iteration
 
+    def with_diagnostics(self, coupling: Tensor, logit_change: list[Tensor], entropy: list[Tensor]) -> RoutingResult:
+        """Attach the diagnostics: coupling (B, I, J), and per iteration the mean |change of the logits| and
+        the mean coupling entropy (scalars, one each per iteration)."""
+        self.coupling = coupling.detach()
+        self.logit_change = stack_stats(logit_change)
+        self.entropy = stack_stats(entropy)
+        return self
+
 
 class Routing(Component, nn.Module):
     """Base class of routing plugins: subclass, set ``name`` and ``Params``, implement ``route``."""

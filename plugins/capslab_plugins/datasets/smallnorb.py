@@ -77,7 +77,7 @@ class SmallNORB(capslab.data.IDXDataset):
     def load(self, split: Literal["train", "test"]) -> capslab.Split:
         if split not in self.files:
             raise capslab.DataError(f"smallnorb has no split {split!r}; use train or test")
-        (dat_file, cat_file), paths = self.files[split], [self.path(f) for f in self.files[split]]
+        paths = [self.path(f) for f in self.files[split]]  # (-dat, -cat)
         raw = [capslab.data.read_idx_bytes(p) for p in paths]  # read once: verified and parsed from the same bytes
         if self.params.verify:
             for path, data, f in zip(paths, raw, self.files[split]):

@@ -25,7 +25,7 @@ from typing import Literal
 
 import torch
 from pydantic import Field
-from torch import Tensor, nn
+from torch import nn
 
 import capslab
 
@@ -94,11 +94,8 @@ class EMRouting(capslab.Routing):
             if t < iterations - 1:
                 log_R = new_log_R
         result = capslab.RoutingResult(mu, logit.sigmoid())
-        if diagnostics:
-            result.coupling = R.detach().transpose(1, 2)  # (B, I, J): the R of the last M-step
-            result.logit_change = capslab.stack_stats(deltas)
-            result.entropy = capslab.stack_stats(entropies)
-        return result
+        # coupling (B, I, J): the R of the last M-step
+        return result.with_diagnostics(R.transpose(1, 2), deltas, entropies) if diagnostics else result
 
 
 @capslab.hookimpl

@@ -62,11 +62,7 @@ class InvertedDotProductRouting(capslab.Routing):
                     deltas.append((new - a).detach().abs().mean())
                 a = new
         result = capslab.RoutingResult(p, torch.sigmoid(self.readout(p).squeeze(-1)))  # (B, J, D), (B, J)
-        if diagnostics:
-            result.coupling = r.detach().transpose(1, 2)  # (B, I, J)
-            result.logit_change = capslab.stack_stats(deltas)
-            result.entropy = capslab.stack_stats(entropies)
-        return result
+        return result.with_diagnostics(r.transpose(1, 2), deltas, entropies) if diagnostics else result
 
 
 @capslab.hookimpl

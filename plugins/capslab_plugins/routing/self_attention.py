@@ -38,10 +38,8 @@ class SelfAttentionRouting(capslab.Routing):
         s = (weights.unsqueeze(2) @ u).squeeze(2)  # (B, J, 1, I) @ (B, J, I, D) -> (B, J, D)
         v = self.squash(s)
         result = capslab.RoutingResult(v, torch.linalg.vector_norm(v, dim=-1))
-        if diagnostics:
-            result.coupling = c.detach().transpose(1, 2)  # (B, I, J)
-            result.logit_change = capslab.stack_stats([logits.detach().abs().mean()])
-            result.entropy = capslab.stack_stats([capslab.coupling_entropy(c, dim=1)])
+        if diagnostics:  # coupling (B, I, J)
+            result.with_diagnostics(c.transpose(1, 2), [logits.abs().mean()], [capslab.coupling_entropy(c, dim=1)])
         return result
 
 

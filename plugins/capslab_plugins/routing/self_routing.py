@@ -54,10 +54,8 @@ class SelfRouting(capslab.Routing):
         if self.params.squash_poses:
             v = self.squash(v)
         result = capslab.RoutingResult(v, a)
-        if diagnostics:
-            result.coupling = c.detach()
-            result.logit_change = capslab.stack_stats([logits.detach().abs().mean()])
-            result.entropy = capslab.stack_stats([capslab.coupling_entropy(c, dim=-1)])
+        if diagnostics:  # c is already (B, I, J)
+            result.with_diagnostics(c, [logits.abs().mean()], [capslab.coupling_entropy(c, dim=-1)])
         return result
 
 

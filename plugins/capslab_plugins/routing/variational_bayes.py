@@ -107,11 +107,7 @@ class VariationalBayesRouting(capslab.Routing):
         if self.bn is not None:
             logit = self.bn(logit)
         result = capslab.RoutingResult(q["m"], torch.sigmoid(logit))
-        if diagnostics:
-            result.coupling = R.detach().transpose(1, 2)  # (B, I, J)
-            result.logit_change = capslab.stack_stats(deltas)
-            result.entropy = capslab.stack_stats(entropies)
-        return result
+        return result.with_diagnostics(R.transpose(1, 2), deltas, entropies) if diagnostics else result
 
 
 @capslab.hookimpl

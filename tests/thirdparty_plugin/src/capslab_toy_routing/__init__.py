@@ -25,9 +25,7 @@ class ToyAttention(capslab.Routing):
         v = self.squash((c.unsqueeze(-1) * votes).sum(1))  # (B, J, D)
         out = capslab.RoutingResult(v, v.norm(dim=-1))
         if diagnostics:
-            out.coupling = c.detach()
-            out.logit_change = capslab.stack_stats([logits.abs().mean()])
-            out.entropy = capslab.stack_stats([capslab.coupling_entropy(c)])
+            out.with_diagnostics(c, [logits.abs().mean()], [capslab.coupling_entropy(c)])
         return out
 
 
