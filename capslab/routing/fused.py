@@ -16,12 +16,12 @@ What it saves over autograd through the plain loop:
   (``outer_sum``), and nothing of size (B, I, J, D) is saved besides the votes themselves.
 - The contractions are single batched matmuls. The weighted sum is one (1, I) @ (I, D) product per
   (b, j): on the (I, B, J, D) storage the (B, J) axes merge into one batch axis of stride D. The
-  agreement (and the weighted sum on other storages) multiplies against a block-diagonal operand
-  over the flattened (J*D) axis: J times the multiply-adds of the exact sums, but at matmul speed,
-  which beats the exact matrix-vector products there (einsum on these strided views copies the
-  votes instead). Few, large operations on purpose: with 2 threads on a loaded machine every
+  agreement multiplies pairs of outputs (b, j..j+1) against a block-diagonal (2, 2*D) operand there,
+  and all J outputs at once on other storages: g times the multiply-adds of the exact sums, but at
+  matmul speed, which beats the exact matrix-vector products (einsum on these strided views copies
+  the votes instead). Few, large operations on purpose: with 2 threads on a loaded machine every
   parallel region can cost a scheduler time slice, and versions that chunked the batch (for cache
-  reuse) or grouped the outputs ran 1.2x to 30x slower there.
+  reuse) ran 1.2x to 30x slower there.
 
 The coupling keeps its own small autograd graph from the forward (b -> couple(b), B*J*I each), so any
 subclass's ``couple`` works unchanged and is not recomputed; the squash of each iteration (B*J*D) is
