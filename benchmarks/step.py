@@ -196,6 +196,15 @@ def peak_memory(variant: str, args) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def targets(fp32: dict) -> dict:
+    """Issue 5's CPU targets for the fp32 step: throughput ratio and peak memory."""
+    out = {"ratio >= 0.90": {"value": fp32["ratio"], "target": 0.90, "met": fp32["ratio"] >= 0.90}}
+    if "peak_rss_mb" in fp32:
+        gb = fp32["peak_rss_mb"] / 1024
+        out["peak RSS GB <= 1.3"] = {"value": gb, "target": 1.3, "met": gb <= 1.3}
+    return out
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.threads:
@@ -222,6 +231,10 @@ def main(argv=None) -> None:
               f"({r['train_img_s']:.0f} img/s)  ratio {r['ratio']:.3f}  inference {r['infer_img_s']:.0f} img/s{mem}",
               flush=True)
     report["loadavg_after"] = os.getloadavg()
+    if device.type == "cpu" and "fp32" in report["variants"]:
+        report["targets"] = targets(report["variants"]["fp32"])
+        for name, t in report["targets"].items():
+            print(f"target {name}: {t['value']:.3f} against {t['target']} ({'met' if t['met'] else 'not met'})")
     slug = re.sub(r"[^a-z0-9]+", "-", (dev_name if device.type == "cuda" else "cpu").lower()).strip("-")
     out = args.out or ROOT / "results" / f"step-{slug}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
