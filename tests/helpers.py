@@ -1,4 +1,4 @@
-"""Shared test helpers: install a plugin package into a private directory and run Python there."""
+"""Shared test helpers: install a plugin package into a private directory , run Python there, train a recipe."""
 
 from __future__ import annotations
 
@@ -24,3 +24,15 @@ def run_python(code: str, extra_path: Path | None = None, env: dict | None = Non
     if extra_path is not None:
         full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(extra_path), full_env.get("PYTHONPATH", "")]))
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=300)
+
+
+def train_recipe(recipe_file: Path, run_dir: Path, overrides: list[str]) -> tuple[list[float], dict]:
+    """Train a recipe into run_dir; the logged training losses (in order) and the final record."""
+    import json
+
+    from capslab.recipe import load_recipe
+    from capslab.train import train
+
+    record = train(load_recipe(recipe_file, overrides), run_dir)
+    rows = map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+    return [r["loss"] for r in rows if r.get("kind") == "train"], record

@@ -2,16 +2,16 @@
 matrix-capsule model (votes against loops, parameter count, forward/backward) and the spread loss.
 Slow: no NaN in 2,000 steps on mnist5k, and one epoch of the em recipe."""
 
-import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
+from capslab_plugins.models.matrix_capsnet import ConvCapsules
+from helpers import train_recipe
 
 import capslab
 from capslab.testing import routing_inputs
-from capslab_plugins.models.matrix_capsnet import ConvCapsules
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = capslab.RoutingSpec(in_caps=5, out_caps=3, pose_dim=16)
@@ -288,12 +288,6 @@ def test_em_no_nan_in_2000_steps_of_mnist5k():
 
 @pytest.mark.slow
 def test_em_recipe_one_epoch_of_mnist5k(tmp_path):
-    from capslab.recipe import load_recipe
-    from capslab.train import train
-
-    recipe = load_recipe(ROOT / "recipes/routing/em.yaml", ["train.epochs=1"])
-    record = train(recipe, tmp_path)
-    losses = [r["loss"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
-              if r.get("kind") == "train"]
+    losses, record = train_recipe(ROOT / "recipes/routing/em.yaml", tmp_path, ["train.epochs=1"])
     assert losses[-1] < 0.8 * losses[0], losses
     assert record["test_accuracy"] > 0.3, record  # chance: 0.1; seen: 0.45 after one epoch

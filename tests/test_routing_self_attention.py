@@ -1,12 +1,12 @@
 """Self-attention routing (Mazzia et al. 2021) against a loop transcription of its equations and against
 the direct (B, J, I, I) form; the Efficient-CapsNet model. Slow: one epoch of the self_attention recipe."""
 
-import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import train_recipe
 
 import capslab
 from capslab.testing import routing_inputs
@@ -133,12 +133,6 @@ def test_efficient_capsnet_rejects_mismatched_primary_capsules():
 
 @pytest.mark.slow
 def test_self_attention_recipe_one_epoch_of_mnist5k(tmp_path):
-    from capslab.recipe import load_recipe
-    from capslab.train import train
-
-    recipe = load_recipe(ROOT / "recipes/routing/self_attention.yaml", ["train.epochs=1"])
-    record = train(recipe, tmp_path)
-    losses = [r["loss"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
-              if r.get("kind") == "train"]
+    losses, record = train_recipe(ROOT / "recipes/routing/self_attention.yaml", tmp_path, ["train.epochs=1"])
     assert losses[-1] < 0.7 * losses[0], losses
     assert record["test_accuracy"] > 0.7, record  # chance: 0.1; seen: 0.94 after one epoch
