@@ -7,7 +7,7 @@ The floor is forward + backward of Conv1 (+ ReLU) + the PrimaryCaps convolution 
 the full CapsNet training step (dynamic routing, 3 iterations; margin + reconstruction loss; Adam),
 at the same batch and memory format. Floor and step alternate within each repetition, so the ratio
 floor_time / step_time (= step throughput / floor throughput) is measured under the same load;
-medians are reported. Inference is the model's evaluation forward (no decoder target; masked by the
+medians are reported. Each variant is timed in a fresh process. Inference is the model's evaluation forward (no decoder target; masked by the
 prediction) under ``torch.inference_mode``. Peak memory is measured for the step alone, in a fresh
 subprocess: on CPU the peak resident set (VmHWM), on CUDA ``torch.cuda.max_memory_allocated``.
 Results go to benchmarks/results/step-<device>.json.
@@ -42,14 +42,16 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--variants", default=None,
-                   help="comma list of fp32, fp32-cl, bf16, bf16-cl, compile, fp32-plain (default: what the device "
-                        "supports; fp32-plain: the plain routing loop on einsum votes, the reference for the speed-up)")
+                   help="comma list of fp32, fp32-cl, bf16, bf16-cl, compile, fp32-ops, fp32-plain (default: what the "
+                        "device supports; fp32-ops: the fused loop of PyTorch operators instead of the compiled CPU "
+                        "kernel; fp32-plain: the plain routing loop on einsum votes, the reference for the speed-up)")
     p.add_argument("--adam", choices=["fused", "foreach"], default="fused")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="cpu: process CPU time, steadier with --threads 1 on a machine other jobs load")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--peak-child", default=None, help=argparse.SUPPRESS)  # internal: one variant's peak memory
+    p.add_argument("--measure-child", default=None, help=argparse.SUPPRESS)  # internal: one variant's timings
     return p.parse_args(argv)
 
 
@@ -104,6 +106,8 @@ class Setup:
         if variant.endswith("-plain"):  # autograd through the plain loop, votes stored (B, J, I, D)
             model.caps.routing.fused = False
             model.caps.routing.votes_layout = "bjid"
+        if variant.endswith("-ops"):  # the fused operator loop (capslab.routing.fused), no compiled kernel
+            model.caps.routing.compiled = False
         fmt = torch.channels_last if self.cl else torch.contiguous_format
         self.model = model.to(memory_format=fmt)
         self.forward = torch.compile(self.model) if variant == "compile" else self.model
@@ -187,12 +191,19 @@ def peak_child(variant: str, args, device: torch.device) -> None:
     print(json.dumps(out))
 
 
-def peak_memory(variant: str, args) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--peak-child", variant, "--batch", str(args.batch),
-           "--device", args.device, "--adam", args.adam, "--warmup", str(args.warmup)]
+def in_child(flag: str, variant: str, args) -> dict:
+    """Run ``flag`` (--measure-child, --peak-child) for one variant in a fresh process; its JSON line.
+
+    A fresh process per variant: in one process, a variant measured after another ran 3-8% slower
+    (allocator and thread-pool state left by the first), whichever came first."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), flag, variant, "--batch", str(args.batch),
+           "--device", args.device, "--adam", args.adam, "--warmup", str(args.warmup), "--reps", str(args.reps),
+           "--clock", args.clock]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode:
+        sys.exit(f"{variant}: {res.stderr.strip().splitlines()[-1] if res.stderr.strip() else 'failed'}")
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
@@ -212,6 +223,8 @@ def main(argv=None) -> None:
     device = torch.device(args.device)
     if args.peak_child:
         return peak_child(args.peak_child, args, device)
+    if args.measure_child:
+        return print(json.dumps(measure(args.measure_child, args, device)))
     variants = args.variants.split(",") if args.variants else default_variants(device)
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     report = {
@@ -222,9 +235,9 @@ def main(argv=None) -> None:
         "variants": {},
     }
     for v in variants:
-        r = measure(v, args, device)
+        r = in_child("--measure-child", v, args)
         if not args.no_memory:
-            r.update(peak_memory(v, args))
+            r.update(in_child("--peak-child", v, args))
         report["variants"][v] = r
         mem = f", peak {r['peak_rss_mb']:.0f} MB RSS" if "peak_rss_mb" in r else ""
         print(f"{v:8s} floor {r['floor_s']:.3f} s ({r['floor_img_s']:.0f} img/s)  step {r['step_s']:.3f} s "

@@ -51,14 +51,16 @@ def grads(outputs, wrt, seed=1):
     return torch.autograd.grad(loss, wrt, allow_unused=True)
 
 
-@pytest.mark.parametrize("layout", ["ibjd", "bjid"])
+STORED = {"ibjd": (1, 0, 2, 3), "ijdb": (1, 2, 3, 0), "bjid": (0, 2, 1, 3)}  # (B, I, J, D) -> storage order
+
+
+@pytest.mark.parametrize("layout", sorted(STORED))
 def test_votes_layouts_match_einsum(layout):
     x, W = inputs()
     votes = capslab.compute_votes(x, W, layout)
     ref = torch.einsum("bik,jikd->bijd", x, W)
     assert votes.shape == (B, I, J, D)
-    stored = votes.transpose(0, 1) if layout == "ibjd" else votes.transpose(1, 2)  # (I, B, J, D) / (B, J, I, D)
-    assert stored.is_contiguous()
+    assert votes.permute(*STORED[layout]).is_contiguous()
     torch.testing.assert_close(votes, ref)
     for got, want in zip(grads([votes], [x, W]), grads([ref], [x, W])):
         torch.testing.assert_close(got, want)

@@ -8,6 +8,8 @@ capsule i, one batched matmul over i. Two storages of the (B, I, J, D) votes, pe
   backward run on contiguous per-i blocks, the path that uses every thread (a strided output or
   input makes ATen loop over the 1152 small products on one thread). The fused agreement loop
   (capslab.routing.fused) reads this storage directly.
+- ``"ijdb"``: stored (I, J, D, B), examples last, what the compiled CPU routing kernel reads
+  (capslab.routing.kernel): per i, W_i^T (J*D, K) @ u_i^T (K, B), again contiguous per-i blocks.
 - ``"bjid"``: stored (B, J, I, D) so that ``votes.transpose(1, 2)`` is contiguous and per-output sums
   are plain batched matmuls; costs one permuting copy of the votes and of their gradient.
 
@@ -25,7 +27,7 @@ from torch import Tensor, nn
 from capslab.buffers import scratch
 from capslab.routing.base import Routing, RoutingResult
 
-Layout = Literal["ibjd", "bjid"]
+Layout = Literal["ibjd", "ijdb", "bjid"]
 
 
 def _compute_dtype(t: Tensor) -> torch.dtype:
@@ -66,10 +68,41 @@ class _VotesIBJD(torch.autograd.Function):
         return grad_u, grad_w
 
 
+class _VotesIJDB(torch.autograd.Function):
+    """votes (I, J*D, B) = per i: W_i^T (J*D, K) @ u[:, i]^T (K, B), returned as a (B, I, J, D) view."""
+
+    @staticmethod
+    def forward(ctx, u: Tensor, weight: Tensor) -> Tensor:
+        B, I, K = u.shape
+        J, _, _, D = weight.shape
+        ut = u.permute(1, 2, 0).contiguous()  # (I, K, B); 5 MB
+        wt = weight.permute(1, 0, 3, 2).reshape(I, J * D, K)  # (I, J*D, K); 6 MB, not per example
+        votes = scratch("capslab.layers.votes_ijdb", (I, J * D, B), ut)  # reused across steps once free
+        torch.bmm(wt, ut, out=votes)
+        ctx.save_for_backward(ut, wt)
+        return votes.view(I, J, D, B).permute(3, 0, 1, 2)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        ut, wt = ctx.saved_tensors
+        I, K, B = ut.shape
+        J, D = grad.shape[2:]
+        g = grad.permute(1, 2, 3, 0).reshape(I, J * D, B)  # a view when stored (I, J, D, B)
+        grad_u = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_u = torch.bmm(wt.transpose(1, 2), g).permute(2, 0, 1)  # (I, K, J*D) @ (I, J*D, B) -> (B, I, K)
+        if ctx.needs_input_grad[1]:
+            gw = torch.bmm(g, ut.transpose(1, 2))  # (I, J*D, B) @ (I, B, K) -> (I, J*D, K)
+            grad_w = gw.view(I, J, D, K).permute(1, 0, 3, 2)  # (J, I, K, D)
+        return grad_u, grad_w
+
+
 def compute_votes(u: Tensor, weight: Tensor, layout: Layout = "bjid") -> Tensor:
     """u (B, I, K), weight (J, I, K, D) -> votes (B, I, J, D), stored per ``layout`` (module doc)."""
     if layout == "ibjd":
         return _VotesIBJD.apply(u, weight)
+    if layout == "ijdb":
+        return _VotesIJDB.apply(u, weight)
     votes = torch.einsum("bik,jikd->bjid", u, weight)  # (B, J, I, D)
     return votes.contiguous().transpose(1, 2)  # (B, I, J, D) view
 
@@ -89,5 +122,5 @@ class ClassCapsules(nn.Module):
         self.routing = routing
 
     def forward(self, u: Tensor, activations: Tensor | None = None, *, diagnostics: bool = False) -> RoutingResult:
-        votes = compute_votes(u, self.weight, getattr(self.routing, "votes_layout", "bjid"))  # (B, I, J, D)
+        votes = compute_votes(u, self.weight, self.routing.votes_layout_for(u, diagnostics))  # (B, I, J, D)
         return self.routing(votes, activations, u, diagnostics=diagnostics)

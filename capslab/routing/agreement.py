@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from capslab.params import Params
 from capslab.routing.base import Routing, RoutingResult, RoutingSpec, coupling_entropy
+from capslab.routing import kernel
 from capslab.routing.fused import fusable, fused_agree
 
 
@@ -43,6 +44,7 @@ class AgreementRouting(Routing):
     Params = AgreementParams
     votes_layout: ClassVar[str] = "ibjd"  # ClassCapsules stores the votes (I, B, J, D): the fused loop's
     fused: bool = True  # False: always the plain loop below (the reference the fused one is tested against)
+    compiled: bool = True  # False: never the compiled CPU kernel (capslab.routing.kernel)
 
     def __init__(self, spec: RoutingSpec, squash: nn.Module | None = None, **params):
         super().__init__(spec, squash, **params)
@@ -58,6 +60,17 @@ class AgreementRouting(Routing):
         """Coupling (B, J, I) from the logits (B, J, I), normalised over the outputs (dim 1)."""
         return b.softmax(1)
 
+    def votes_layout_for(self, u: Tensor, diagnostics: bool = False) -> str:
+        return "ijdb" if self.fused and kernel.preferred(self, u, diagnostics) else self.votes_layout
+
+    def zero_start(self) -> bool:
+        """True when the logits start at zero, as in Procedure 1 (``initial_logits`` not overridden)."""
+        return type(self).initial_logits is AgreementRouting.initial_logits
+
+    def kernel_coupling(self) -> str | None:
+        """``couple`` as capslab.routing.kernel knows it ("softmax" or "leaky_softmax"); None: not there."""
+        return None
+
     def route(self, votes, activations, poses, iterations, diagnostics):
         return self.agree(votes, iterations, self.params.gradient == "detach_inner", diagnostics)
 
@@ -65,9 +78,11 @@ class AgreementRouting(Routing):
         """The Procedure-1 loop on votes (B, I, J, D); activations |v_j|."""
         u = votes.transpose(1, 2)  # (B, J, I, D)
         b = self.initial_logits(u)  # (B, J, I), per example, stored output-major
-        if self.fused and fusable(votes) and not b.requires_grad:
-            zeros = type(self).initial_logits is AgreementRouting.initial_logits
-            return fused_agree(self, votes, b, iterations, detach_inner, diagnostics, zeros)  # same result, faster
+        if self.fused and not b.requires_grad:  # the same result, faster
+            if kernel.applies(self, votes, diagnostics):
+                return kernel.route(self, votes, iterations, detach_inner)
+            if fusable(votes):
+                return fused_agree(self, votes, b, iterations, detach_inner, diagnostics, self.zero_start())
         u_inner = u.detach() if detach_inner else u
         deltas, entropies = [], []
         for r in range(iterations):

@@ -22,8 +22,9 @@ How the algorithms map onto the contract:
 
 Votes may arrive as a non-contiguous view: :class:`capslab.layers.ClassCapsules` stores them as
 ``(B, J, I, D)`` so that ``votes.transpose(1, 2)`` is free and the per-output sums are batched matmuls,
-unless the routing class sets ``votes_layout = "ibjd"`` (storage ``(I, B, J, D)``, what the fused
-agreement loop of :class:`capslab.AgreementRouting` reads; see capslab.layers.class_caps).
+unless the routing asks for another storage through ``votes_layout`` / ``votes_layout_for``: ``"ibjd"``
+(``(I, B, J, D)``, what the fused agreement loop of :class:`capslab.AgreementRouting` reads) or
+``"ijdb"`` (``(I, J, D, B)``, its compiled CPU kernel's); see capslab.layers.class_caps.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class Routing(Component, nn.Module):
     needs_activations: ClassVar[bool] = False  # True: forward requires input activations (B, I)
     needs_poses: ClassVar[bool] = False  # True: forward requires input poses (B, I, D_in)
     stochastic: ClassVar[bool] = False  # True: draws random numbers, so batch-mates change an example's draw
+    votes_layout: ClassVar[str] = "bjid"  # how capslab.ClassCapsules stores the votes (capslab.layers.class_caps)
 
     def __init__(self, spec: RoutingSpec, squash: nn.Module | None = None, **params):
         nn.Module.__init__(self)
@@ -80,6 +82,10 @@ class Routing(Component, nn.Module):
 
             squash = default_squash()
         self.squash = squash
+
+    def votes_layout_for(self, u: Tensor, diagnostics: bool = False) -> str:
+        """The votes storage for input poses ``u`` (B, I, K); default: ``votes_layout``."""
+        return self.votes_layout
 
     @property
     def iterations(self) -> int:

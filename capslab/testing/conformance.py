@@ -112,6 +112,35 @@ def routing_gradcheck(name: str) -> None:
     assert torch.autograd.gradcheck(f, (votes.requires_grad_(),), eps=1e-6, atol=1e-5, rtol=1e-3)
 
 
+def routing_votes_storage(name: str) -> None:
+    """Every storage of the votes (capslab.layers.class_caps), the one the routing asks for included,
+    gives the same poses and gradients: fast paths pick a storage, and each must compute the same."""
+    from capslab.layers.class_caps import compute_votes
+
+    r = make_routing(name, SMALL, torch.float64)
+    I, J, D, K = SMALL.in_caps, SMALL.out_caps, SMALL.pose_dim, SMALL.in_pose_dim
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(3, I, K, generator=g, dtype=torch.float64) * 0.5).requires_grad_()
+    W = (torch.randn(J, I, K, D, generator=g, dtype=torch.float64) * 0.5).requires_grad_()
+    acts = torch.rand(3, I, generator=g, dtype=torch.float64) * 0.9 + 0.05
+    wrt = [x, W, *(p for p in r.parameters() if p.requires_grad)]
+    layouts = ("bjid", "ibjd", "ijdb")
+    assert r.votes_layout_for(x) in layouts, f"unknown votes layout {r.votes_layout_for(x)!r}"
+    results = []
+    for layout in layouts:
+        out = _run(r, compute_votes(x, W, layout), acts, x)
+        grads = torch.autograd.grad(out.poses.square().sum() + out.activations.sum(), wrt, allow_unused=True)
+        results.append((layout, out, grads))
+    _, ref, ref_grads = results[0]
+    for layout, out, grads in results[1:]:
+        torch.testing.assert_close(out.poses, ref.poses, msg=f"poses differ with votes stored {layout!r}")
+        torch.testing.assert_close(out.activations, ref.activations, msg=f"activations differ ({layout!r})")
+        for a, b in zip(grads, ref_grads):
+            assert (a is None) == (b is None), f"gradient presence differs with votes stored {layout!r}"
+            if a is not None:
+                torch.testing.assert_close(a, b, msg=f"gradients differ with votes stored {layout!r}")
+
+
 # ---------------------------------------------------------------------------------------- squash
 def make_squash(name: str):
     return registry("squash").get(name)()
@@ -224,7 +253,7 @@ def model_forward_backward(name: str) -> None:
 
 CHECKS: dict[str, list[Check]] = {
     "routing": [routing_shapes, routing_extreme_inputs, routing_gradients, routing_determinism,
-                routing_batch_of_one, routing_gradcheck],
+                routing_batch_of_one, routing_gradcheck, routing_votes_storage],
     "squash": [squash_shape_and_range, squash_extreme_inputs, squash_gradcheck, squash_determinism_and_batch_of_one],
     "loss": [loss_scalar_and_order, loss_extreme_inputs, loss_gradients_and_batch_of_one, loss_gradcheck],
     "model": [model_forward_backward],

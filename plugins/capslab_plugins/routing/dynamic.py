@@ -40,6 +40,9 @@ class DynamicRouting(capslab.AgreementRouting):
     def couple(self, b: Tensor) -> Tensor:
         return coupling_softmax(b, self.params.leaky, dim=1)  # b (B, J, I): over the outputs
 
+    def kernel_coupling(self) -> str:
+        return "leaky_softmax" if self.params.leaky else "softmax"
+
 
 @capslab.hookimpl
 def register_routings(register):

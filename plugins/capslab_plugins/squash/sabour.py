@@ -11,6 +11,7 @@ import capslab
 
 class SabourSquash(capslab.Squash):
     name = "sabour"
+    kernel = "sabour"  # capslab.routing.kernel has this formula compiled in
 
     def forward(self, s: Tensor, dim: int = -1) -> Tensor:
         sq = s.pow(2).sum(dim, keepdim=True)

@@ -1,0 +1,128 @@
+"""The compiled CPU kernel of dynamic routing (capslab.routing.kernel) against the plain loop: poses and
+gradients in float64, float32 within float tolerance, and when it must not run."""
+
+import pytest
+import torch
+
+import capslab
+from capslab.routing import kernel
+from test_fast_routing import grads, inputs, plain_dynamic
+
+pytestmark = pytest.mark.skipif(not kernel.available(), reason="numba is not installed")
+B, I, J, D, K = 3, 20, 4, 5, 3
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """How many times the kernel ran."""
+    n = []
+    route = kernel.route
+    monkeypatch.setattr(kernel, "route", lambda *a: n.append(1) or route(*a))
+    return n
+
+
+def layer_for(options, dtype=torch.float64, spec=capslab.RoutingSpec(I, J, D, K)):
+    routing = capslab.build_routing({"name": "dynamic", **options}, spec).to(dtype)
+    layer = capslab.ClassCapsules(spec.in_caps, spec.in_pose_dim, spec.out_caps, spec.pose_dim, routing).to(dtype)
+    return layer, routing
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"leaky": True}, {"gradient": "detach_inner"}, {"bias": False}, {"iterations": 1}, {"iterations": 2},
+    {"iterations": 5}, {"gradient": "detach_inner", "bias": False}, {"leaky": True, "iterations": 4},
+])
+def test_kernel_matches_plain_loop(options, calls):
+    layer, routing = layer_for(options)
+    x, W = inputs()
+    with torch.no_grad():
+        layer.weight.copy_(W)
+        if routing.bias is not None:
+            routing.bias.normal_(0, 0.1)
+    res = layer(x)
+    assert calls, "the kernel did not run"
+    p = routing.params
+    v, *_ = plain_dynamic(x, layer.weight, routing.bias, p.iterations, p.leaky, p.gradient == "detach_inner")
+    torch.testing.assert_close(res.poses, v)
+    torch.testing.assert_close(res.activations, v.norm(dim=-1))
+    params = [x, layer.weight] + ([routing.bias] if routing.bias is not None else [])
+    for got, want in zip(grads([res.poses, res.activations], params), grads([v, v.norm(dim=-1)], params)):
+        torch.testing.assert_close(got, want)
+
+
+def test_kernel_gradcheck(calls):
+    layer, routing = layer_for({"iterations": 3}, spec=capslab.RoutingSpec(6, 3, 4, 2))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 6, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w, b: layer(x).poses, (x, layer.weight, routing.bias),
+                                    eps=1e-6, atol=1e-6, rtol=1e-4)
+    assert calls
+
+
+@pytest.mark.parametrize("batch", [1, 16, 37])
+def test_kernel_float32_matches_the_operator_path(batch, calls):
+    """float32 (the polynomial exp) against the fused operator loop, at the paper's J = 10, D = 16."""
+    spec = capslab.RoutingSpec(64, 10, 16, 8)
+    layer, routing = layer_for({}, torch.float32, spec)
+    torch.manual_seed(0)
+    x = torch.randn(batch, 64, 8, requires_grad=True) * 0.3
+    outs = []
+    for compiled in (True, False):
+        routing.compiled = compiled
+        res = layer(x)
+        outs.append([res.poses, *grads([res.poses], [x, layer.weight, routing.bias])])
+    assert len(calls) == 1
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_polynomial_exp_is_within_float32_rounding():
+    x = torch.linspace(-87, 0, 10_000).reshape(100, 100)
+    got = x.clone()
+    kernel._exp(got.numpy(), torch.empty(100, 100, dtype=torch.int32).numpy(), True)
+    torch.testing.assert_close(got, torch.exp(x), rtol=4e-7, atol=0)
+
+
+@pytest.mark.parametrize("case", ["diagnostics", "not_compiled", "max_min", "efficient_squash", "bf16"])
+def test_kernel_does_not_run_where_it_does_not_apply(case, calls):
+    spec = capslab.RoutingSpec(I, J, D, K)
+    name = "max_min" if case == "max_min" else "dynamic"
+    squash = capslab.build_squash("efficient") if case == "efficient_squash" else None
+    routing = capslab.build_routing(name, spec, squash)
+    layer = capslab.ClassCapsules(I, K, J, D, routing)
+    if case == "not_compiled":
+        routing.compiled = False
+    x = torch.randn(B, I, K)
+    assert layer(x).poses.shape == (B, J, D)
+    if case == "diagnostics":
+        assert layer(x, diagnostics=True).coupling.shape == (B, I, J)
+        assert len(calls) == 1  # only the call without diagnostics
+        return
+    if case == "bf16":
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            layer(x)
+        assert len(calls) == 1  # only the float32 call
+        return
+    assert not calls
+    assert routing.votes_layout_for(x) == "ibjd"
+
+
+def test_capsnet_trains_the_same_with_and_without_the_kernel(calls):
+    x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    losses = []
+    for compiled in (True, False):
+        torch.manual_seed(0)
+        model = capslab.build_model("capsnet", capslab.DataInfo(1, 28, 28, 10))
+        model.caps.routing.compiled = compiled
+        loss = capslab.build_loss("margin")
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        values = []
+        for _ in range(4):
+            value = loss(model(x, y).scores, y)
+            opt.zero_grad()
+            value.backward()
+            opt.step()
+            values.append(value.item())
+        losses.append(values)
+    assert len(calls) == 4
+    assert len(set(losses[0])) == 4  # the parameters moved
+    torch.testing.assert_close(torch.tensor(losses[0]), torch.tensor(losses[1]), rtol=1e-4, atol=1e-6)
