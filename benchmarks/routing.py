@@ -5,7 +5,7 @@
 
 Shape: batch 128, I input capsules (1152 in CapsNet) voting for J = 10 outputs of D = 16, with input
 activations (B, I) and input poses (B, I, 8). Each routing gets its votes in the storage its
-``votes_layout`` asks for (as :class:`capslab.ClassCapsules` does) and runs with its default
+``votes_layout_for`` asks for (as :class:`capslab.ClassCapsules` does) and runs with its default
 parameters; the sweeps vary I (288 ... 4608) and, for routings with an ``iterations`` parameter, the
 number of iterations (1 ... 5).
 
@@ -76,11 +76,10 @@ def run_config(cfg: dict, args) -> dict:
     params = {"iterations": cfg["iterations"]} if cfg.get("iterations") else {}
     spec = capslab.RoutingSpec(I, J, D, D_IN)
     routing = capslab.build_routing({"name": cfg["routing"], **params}, spec).to(device)
-    layout = getattr(routing, "votes_layout", "bjid")
     with torch.no_grad():
         x = torch.randn(B, I, D_IN, device=device) * 0.3
         W = torch.randn(J, I, D_IN, D, device=device) * 0.1
-        votes = capslab.compute_votes(x, W, layout).detach().clone()  # not a pooled buffer: the input
+        votes = capslab.compute_votes(x, W, routing.votes_layout_for(x)).detach().clone()  # not a pooled buffer: the input
     votes.requires_grad_()
     act = torch.rand(B, I, device=device).requires_grad_()
     poses = x.clone().requires_grad_()

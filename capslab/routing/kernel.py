@@ -146,12 +146,12 @@ if nb is not None:
         I, J, D, B = u.shape
         eps = u.dtype.type(eps)
         c0 = _uniform(J, leaky, u.dtype)
+        lg[:] = 0
         for r in range(iterations):
             v = vs[r - 1]
             for t in nb.prange(threads):
                 p = parts[t]
                 p[:] = 0
-                c = np.empty((J, B), u.dtype)
                 top = np.empty(B, u.dtype)
                 bits = np.empty((J, B), np.int32)
                 i0, i1 = _share(I, threads, t)
@@ -159,26 +159,18 @@ if nb is not None:
                     if r == 0:  # uniform coupling: a plain sum (scaled below)
                         for j in range(J):
                             for d in range(D):
-                                row, acc = u[i, j, d], p[j, d]
                                 for b in range(B):
-                                    acc[b] += row[b]
+                                    p[j, d, b] += u[i, j, d, b]
                         continue
                     for j in range(J):  # b_r = b_{r-1} + u . v_{r-1}
-                        a = lg[i, j]
-                        if r == 1:
-                            a[:] = 0
                         for d in range(D):
-                            row, w = u[i, j, d], v[j, d]
                             for b in range(B):
-                                a[b] += row[b] * w[b]
-                    cr = cs[r - 1, i]
-                    _softmax(lg[i], leaky, fast, top, bits, cr)
+                                lg[i, j, b] += u[i, j, d, b] * v[j, d, b]
+                    _softmax(lg[i], leaky, fast, top, bits, cs[r - 1, i])
                     for j in range(J):  # this input's share of s_r
-                        w = cr[j]
                         for d in range(D):
-                            row, acc = u[i, j, d], p[j, d]
                             for b in range(B):
-                                acc[b] += w[b] * row[b]
+                                p[j, d, b] += cs[r - 1, i, j, b] * u[i, j, d, b]
             out = ss[r]
             out[:] = parts[0]
             for t in range(1, threads):
@@ -222,29 +214,24 @@ if nb is not None:
                 dot = np.empty(B, u.dtype)
                 i0, i1 = _share(I, threads, t)
                 for i in range(i0, i1):
-                    c, gb = cs[r - 1, i], g_b[r - 1, i]
                     dot[:] = 0
                     for j in range(J):  # dL/dc_r = u . g_s
-                        gc = g_c[j]
-                        gc[:] = 0
-                        for d in range(D):
-                            row, w = u[i, j, d], g_s[j, d]
-                            for b in range(B):
-                                gc[b] += row[b] * w[b]
                         for b in range(B):
-                            dot[b] += c[j, b] * gc[b]
+                            g_c[j, b] = 0
+                        for d in range(D):
+                            for b in range(B):
+                                g_c[j, b] += u[i, j, d, b] * g_s[j, d, b]
+                        for b in range(B):
+                            dot[b] += cs[r - 1, i, j, b] * g_c[j, b]
                     for j in range(J):  # softmax backward (the sink's dL/dc is 0, leaky or not)
                         for b in range(B):
-                            gb[j, b] = c[j, b] * (g_c[j, b] - dot[b])
+                            g_b[r - 1, i, j, b] = cs[r - 1, i, j, b] * (g_c[j, b] - dot[b])
                         if r < R - 1:
-                            later = g_b[r, i, j]
                             for b in range(B):
-                                gb[j, b] += later[b]
-                        w = gb[j]
+                                g_b[r - 1, i, j, b] += g_b[r, i, j, b]
                         for d in range(D):  # a_{r-1} = u . v_{r-1}
-                            row, acc = u[i, j, d], p[j, d]
                             for b in range(B):
-                                acc[b] += w[b] * row[b]
+                                p[j, d, b] += g_b[r - 1, i, j, b] * u[i, j, d, b]
             g_v[:] = parts[0]
             for t in range(1, threads):
                 g_v += parts[t]
@@ -255,21 +242,18 @@ if nb is not None:
             for i in range(i0, i1):
                 for j in range(J):
                     for d in range(D):
-                        out = grad_u[i, j, d]
                         if lo == 0:
-                            g0 = grad_s[0, j, d]
                             for b in range(B):
-                                out[b] = c0 * g0[b]
+                                grad_u[i, j, d, b] = c0 * grad_s[0, j, d, b]
                         else:
-                            out[:] = 0
-                        for r in range(max(lo, 1), R):
-                            c, g = cs[r - 1, i, j], grad_s[r, j, d]
                             for b in range(B):
-                                out[b] += c[b] * g[b]
+                                grad_u[i, j, d, b] = 0
+                        for r in range(max(lo, 1), R):
+                            for b in range(B):
+                                grad_u[i, j, d, b] += cs[r - 1, i, j, b] * grad_s[r, j, d, b]
                             if logits:
-                                gb, v = g_b[r - 1, i, j], vs[r - 1, j, d]
                                 for b in range(B):
-                                    out[b] += gb[b] * v[b]
+                                    grad_u[i, j, d, b] += g_b[r - 1, i, j, b] * vs[r - 1, j, d, b]
 
 
 def available() -> bool:
