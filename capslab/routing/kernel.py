@@ -140,7 +140,8 @@ if nb is not None:
     @_jit(parallel=True)
     def _forward(u, bias, iterations, leaky, eps, fast, threads, ss, cs, vs, lg, parts):
         """u (I, J, D, B) -> ss[r] = s_r (J, D, B) (bias included), vs[r] = v_r, cs[r - 1] = c_r (I, J, B)
-        for r >= 1 (c_0 is uniform). Scratch: lg (I, J, B) logits, parts (threads, J, D, B) partial sums.
+        for r >= 1 (c_0 is uniform; a single cs slot, when no backward follows, holds the latest c_r).
+        Scratch: lg (I, J, B) logits, parts (threads, J, D, B) partial sums.
 
         Threads split the inputs; every inner loop runs over the B examples, contiguous."""
         I, J, D, B = u.shape
@@ -166,11 +167,12 @@ if nb is not None:
                         for d in range(D):
                             for b in range(B):
                                 lg[i, j, b] += u[i, j, d, b] * v[j, d, b]
-                    _softmax(lg[i], leaky, fast, top, bits, cs[r - 1, i])
+                    c = cs[(r - 1) % cs.shape[0], i]
+                    _softmax(lg[i], leaky, fast, top, bits, c)
                     for j in range(J):  # this input's share of s_r
                         for d in range(D):
                             for b in range(B):
-                                p[j, d, b] += cs[r - 1, i, j, b] * u[i, j, d, b]
+                                p[j, d, b] += c[j, b] * u[i, j, d, b]
             out = ss[r]
             out[:] = parts[0]
             for t in range(1, threads):
@@ -285,7 +287,9 @@ def applies(routing, votes: Tensor, diagnostics: bool) -> bool:
 def route(routing, votes: Tensor, iterations: int, detach_inner: bool) -> RoutingResult:
     """The loop of ``routing`` (where :func:`applies`) on votes (B, I, J, D) stored (I, J, D, B)."""
     leaky = routing.kernel_coupling() == "leaky_softmax"
-    v = KernelRouting.apply(votes, routing.bias, iterations, leaky, routing.squash.params.eps, detach_inner)
+    bias = routing.bias
+    backward = torch.is_grad_enabled() and (votes.requires_grad or (bias is not None and bias.requires_grad))
+    v = KernelRouting.apply(votes, bias, iterations, leaky, routing.squash.params.eps, detach_inner, backward)
     return RoutingResult(v, torch.linalg.vector_norm(v, dim=-1))
 
 
@@ -300,18 +304,18 @@ def _np(t: Tensor) -> np.ndarray:
 
 
 class KernelRouting(torch.autograd.Function):
-    """(u (B, I, J, D) stored (I, J, D, B), bias (J, D) or None, iterations, leaky, eps, detach_inner)
-    -> v (B, J, D)."""
+    """(u (B, I, J, D) stored (I, J, D, B), bias (J, D) or None, iterations, leaky, eps, detach_inner,
+    backward: a backward may follow) -> v (B, J, D)."""
 
     @staticmethod
-    def forward(ctx, u, bias, iterations, leaky, eps, detach_inner):
+    def forward(ctx, u, bias, iterations, leaky, eps, detach_inner, backward):
         B, I, J, D = u.shape
         store = u.permute(1, 2, 3, 0)  # (I, J, D, B), contiguous
         bias_t = bias.detach().to(u.dtype) if bias is not None else u.new_zeros(J, D)
         threads = _threads()
         ss = u.new_empty(iterations, J, D, B)
         vs = u.new_empty(iterations, J, D, B)
-        cs = scratch("capslab.routing.kernel.couplings", (max(iterations - 1, 1), I, J, B), u)
+        cs = scratch("capslab.routing.kernel.couplings", (max(iterations - 1, 1) if backward else 1, I, J, B), u)
         lg = scratch("capslab.routing.kernel.logits", (I, J, B), u)
         parts = u.new_empty(threads, J, D, B)
         _forward(_np(store), _np(bias_t), iterations, leaky, eps, u.dtype == torch.float32, threads,
@@ -338,4 +342,4 @@ class KernelRouting(torch.autograd.Function):
                   _np(grad_s))
         grad_u = grad_store.permute(3, 0, 1, 2) if want_u else None
         grad_bias = grad_s.sum((0, 3)) if want_bias else None
-        return grad_u, grad_bias, None, None, None, None
+        return grad_u, grad_bias, None, None, None, None, None
