@@ -90,7 +90,9 @@ class _VotesIJDB(torch.autograd.Function):
         g = grad.permute(1, 2, 3, 0).reshape(I, J * D, B)  # a view when stored (I, J, D, B)
         grad_u = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_u = torch.bmm(wt.transpose(1, 2), g).permute(2, 0, 1)  # (I, K, J*D) @ (I, J*D, B) -> (B, I, K)
+            # (I, B, J*D) @ (I, J*D, K): K innermost, which the primary capsules' backward (a squash and a
+            # permute) runs 2x faster on than the (I, K, B) result of the other orientation (7 vs 15 ms)
+            grad_u = torch.bmm(g.transpose(1, 2), wt).transpose(0, 1)  # (B, I, K) view
         if ctx.needs_input_grad[1]:
             gw = torch.bmm(g, ut.transpose(1, 2))  # (I, J*D, B) @ (I, B, K) -> (I, J*D, K)
             grad_w = gw.view(I, J, D, K).permute(1, 0, 3, 2)  # (J, I, K, D)
