@@ -79,7 +79,8 @@ def run_config(cfg: dict, args) -> dict:
     with torch.no_grad():
         x = torch.randn(B, I, D_IN, device=device) * 0.3
         W = torch.randn(J, I, D_IN, D, device=device) * 0.1
-        votes = capslab.compute_votes(x, W, routing.votes_layout_for(x)).detach().clone()  # not a pooled buffer: the input
+        layout = routing.votes_layout_for(x)
+        votes = capslab.compute_votes(x, W, layout).detach().clone()  # not a pooled buffer: the input
     votes.requires_grad_()
     act = torch.rand(B, I, device=device).requires_grad_()
     poses = x.clone().requires_grad_()
