@@ -16,8 +16,8 @@ B, I, J, D, K = 3, 20, 4, 5, 3
 def calls(monkeypatch):
     """How many times the kernel ran."""
     n = []
-    route = kernel.route
-    monkeypatch.setattr(kernel, "route", lambda *a: n.append(1) or route(*a))
+    route = kernel._route
+    monkeypatch.setattr(kernel, "_route", lambda *a: n.append(1) or route(*a))
     return n
 
 
@@ -126,3 +126,25 @@ def test_capsnet_trains_the_same_with_and_without_the_kernel(calls):
     assert len(calls) == 4
     assert len(set(losses[0])) == 4  # the parameters moved
     torch.testing.assert_close(torch.tensor(losses[0]), torch.tensor(losses[1]), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("options", [{}, {"leaky": True, "iterations": 2}, {"gradient": "detach_inner"}])
+def test_votes_in_and_weights_in_kernels_agree_with_the_plain_loop(options, calls):
+    """The kernel on stored votes (routing(votes), votes stored (I, J, D, B)) and on W and u (inside
+    ClassCapsules, votes never stored) give the plain loop's poses and gradients."""
+    layer, routing = layer_for(options)
+    x, W = inputs()
+    with torch.no_grad():
+        layer.weight.copy_(W)
+        routing.bias.normal_(0, 0.1)
+    params = [x, layer.weight, routing.bias]
+    p = routing.params
+    v, *_ = plain_dynamic(x, layer.weight, routing.bias, p.iterations, p.leaky, p.gradient == "detach_inner")
+    want = grads([v], params)
+    stored = routing(capslab.compute_votes(x, layer.weight, "ijdb")).poses
+    direct = layer(x).poses
+    assert len(calls) == 2
+    for poses in (stored, direct):
+        torch.testing.assert_close(poses, v)
+        for got, ref in zip(grads([poses], params), want):
+            torch.testing.assert_close(got, ref)

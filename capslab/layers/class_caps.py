@@ -124,5 +124,8 @@ class ClassCapsules(nn.Module):
         self.routing = routing
 
     def forward(self, u: Tensor, activations: Tensor | None = None, *, diagnostics: bool = False) -> RoutingResult:
+        fast = self.routing.route_from_weights(u, self.weight, diagnostics)  # votes never stored (CPU kernel)
+        if fast is not None:
+            return fast
         votes = compute_votes(u, self.weight, self.routing.votes_layout_for(u, diagnostics))  # (B, I, J, D)
         return self.routing(votes, activations, u, diagnostics=diagnostics)

@@ -63,6 +63,12 @@ class AgreementRouting(Routing):
     def votes_layout_for(self, u: Tensor, diagnostics: bool = False) -> str:
         return "ijdb" if self.fused and kernel.preferred(self, u, diagnostics) else self.votes_layout
 
+    def route_from_weights(self, u: Tensor, weight: Tensor, diagnostics: bool = False) -> RoutingResult | None:
+        own_route = type(self).route is AgreementRouting.route  # a subclass's own route is respected
+        if self.fused and own_route and kernel.preferred(self, u, diagnostics):
+            return kernel.route_weights(self, u, weight, self.iterations, self.params.gradient == "detach_inner")
+        return None
+
     def zero_start(self) -> bool:
         """True when the logits start at zero, as in Procedure 1 (``initial_logits`` not overridden)."""
         return type(self).initial_logits is AgreementRouting.initial_logits

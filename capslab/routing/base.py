@@ -87,6 +87,12 @@ class Routing(Component, nn.Module):
         """The votes storage for input poses ``u`` (B, I, K); default: ``votes_layout``."""
         return self.votes_layout
 
+    def route_from_weights(self, u: Tensor, weight: Tensor, diagnostics: bool = False) -> RoutingResult | None:
+        """Optional fast path for :class:`capslab.ClassCapsules`: route the votes W_ij u_i of input poses
+        u (B, I, K) and matrices weight (J, I, K, D) without storing them. None (the default): not
+        offered here; the layer computes the votes and calls the routing."""
+        return None
+
     @property
     def iterations(self) -> int:
         return int(getattr(self.params, "iterations", 1))

@@ -68,10 +68,24 @@ def applies(routing, votes: Tensor, diagnostics: bool) -> bool:
 
 def route(routing, votes: Tensor, iterations: int, detach_inner: bool) -> RoutingResult:
     """The loop of ``routing`` (where :func:`applies`) on votes (B, I, J, D) stored (I, J, D, B)."""
+    return _route(routing, votes, None, None, iterations, detach_inner)
+
+
+def route_weights(routing, u: Tensor, weight: Tensor, iterations: int, detach_inner: bool) -> RoutingResult | None:
+    """The loop of ``routing`` on the votes W_ij u_i of input poses u (B, I, K) and transformation
+    matrices weight (J, I, K, D), computed where they are used and never stored; None where the
+    kernel does not apply (see :func:`preferred`)."""
+    if weight.dtype != u.dtype or weight.device != u.device:
+        return None
+    return _route(routing, None, u, weight, iterations, detach_inner)
+
+
+def _route(routing, votes, u, weight, iterations, detach_inner) -> RoutingResult:
     leaky = routing.kernel_coupling() == "leaky_softmax"
     bias = routing.bias
-    backward = torch.is_grad_enabled() and (votes.requires_grad or (bias is not None and bias.requires_grad))
-    v = KernelRouting.apply(votes, bias, iterations, leaky, routing.squash.params.eps, detach_inner, backward)
+    grads = [t.requires_grad for t in (votes, u, weight, bias) if t is not None]
+    config = (iterations, leaky, routing.squash.params.eps, detach_inner, torch.is_grad_enabled() and any(grads))
+    v = KernelLoop.apply(votes, u, weight, bias, config)
     return RoutingResult(v, torch.linalg.vector_norm(v, dim=-1))
 
 
@@ -79,43 +93,63 @@ def _np(t: Tensor) -> np.ndarray:
     return t.detach().numpy()
 
 
-class KernelRouting(torch.autograd.Function):
-    """(u (B, I, J, D) stored (I, J, D, B), bias (J, D) or None, iterations, leaky, eps, detach_inner,
-    backward: a backward may follow) -> v (B, J, D)."""
+class KernelLoop(torch.autograd.Function):
+    """(votes (B, I, J, D) stored (I, J, D, B), or None and then input poses u (B, I, K) and
+    transformation matrices weight (J, I, K, D); bias (J, D) or None;
+    config (iterations, leaky, eps, detach_inner, a backward may follow)) -> v (B, J, D)."""
 
     @staticmethod
-    def forward(ctx, u, bias, iterations, leaky, eps, detach_inner, backward):
-        B, I, J, D = u.shape
-        store = u.permute(1, 2, 3, 0)  # (I, J, D, B), contiguous
-        bias_t = bias.detach().to(u.dtype) if bias is not None else u.new_zeros(J, D)
+    def forward(ctx, votes, u, weight, bias, config):
+        iterations, leaky, eps, detach_inner, backward = config
+        if votes is not None:
+            B, I, J, D = votes.shape
+            like = votes
+            store = votes.permute(1, 2, 3, 0)  # (I, J, D, B), contiguous
+            wt = ut = votes.new_empty(0, 1, 1)
+        else:
+            (B, I, K), (J, D) = u.shape, weight.shape[::3]
+            like = u
+            store = u.new_empty(0, J, D, B)  # no votes: the loops compute them from wt and ut
+            ut = u.detach().permute(1, 2, 0).contiguous()  # (I, K, B); 5 MB
+            wt = weight.detach().permute(1, 0, 3, 2).reshape(I, J * D, K)  # (I, J*D, K); 6 MB, not per example
+        bias_t = bias.detach().to(like.dtype) if bias is not None else like.new_zeros(J, D)
         threads = loops().set_threads(torch.get_num_threads())
-        ss = u.new_empty(iterations, J, D, B)
-        vs = u.new_empty(iterations, J, D, B)
-        cs = scratch("capslab.routing.kernel.couplings", (max(iterations - 1, 1) if backward else 1, I, J, B), u)
-        lg = scratch("capslab.routing.kernel.logits", (I, J, B), u)
-        parts = u.new_empty(threads, J, D, B)
-        loops().forward(_np(store), _np(bias_t), iterations, leaky, eps, u.dtype == torch.float32, threads,
-                 _np(ss), _np(cs), _np(vs), _np(lg), _np(parts))
+        ss = like.new_empty(iterations, J, D, B)
+        vs = like.new_empty(iterations, J, D, B)
+        cs = scratch("capslab.routing.kernel.couplings", (max(iterations - 1, 1) if backward else 1, I, J, B), like)
+        lg = scratch("capslab.routing.kernel.logits", (I, J, B), like)
+        parts = like.new_empty(threads, J, D, B)
+        loops().forward(_np(store), _np(wt), _np(ut), _np(bias_t), iterations, leaky, eps, like.dtype == torch.float32,
+                        threads, _np(ss), _np(cs), _np(vs), _np(lg), _np(parts))
         ctx.leaky, ctx.eps, ctx.detach_inner = leaky, eps, detach_inner
-        ctx.save_for_backward(u, ss, cs, vs)
+        ctx.save_for_backward(store, wt, ut, ss, cs, vs)
         return vs[-1].permute(2, 0, 1)  # (B, J, D) view
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_v):
-        u, ss, cs, vs = ctx.saved_tensors
-        want_u, want_bias = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        store, wt, ut, ss, cs, vs = ctx.saved_tensors
+        want_votes, want_u, want_w, want_bias = ctx.needs_input_grad[:4]
         R, J, D, B = ss.shape
-        store = u.permute(1, 2, 3, 0)
+        I = cs.shape[1]
         threads = loops().set_threads(torch.get_num_threads())
-        grad_store = scratch("capslab.routing.kernel.grad_votes", store.shape, u)  # (I, J, D, B)
-        g_b = scratch("capslab.routing.kernel.logit_grads", (max(R - 1, 1), store.shape[0], J, B), u)
-        parts = u.new_empty(threads, J, D, B)
+        if store.shape[0]:  # votes given: their gradient is written out
+            grad_store = scratch("capslab.routing.kernel.grad_votes", store.shape, ss)  # (I, J, D, B)
+            grad_wt = grad_ut = wt
+        else:  # straight into the gradients of W and u
+            grad_store = store
+            grad_wt = torch.empty_like(wt)  # (I, J*D, K)
+            grad_ut = wt.new_empty(I, B, wt.shape[2])  # (I, B, K): K innermost, as the primary capsules need
+        g_b = scratch("capslab.routing.kernel.logit_grads", (max(R - 1, 1), I, J, B), ss)
+        parts = ss.new_empty(threads, J, D, B)
         grad_s = torch.empty_like(ss)
         chain = not ctx.detach_inner or want_bias
-        loops().backward(_np(store), _np(ss), _np(cs), _np(vs), _np(grad_v.to(u.dtype).permute(1, 2, 0).contiguous()),
-                  ctx.leaky, ctx.eps, ctx.detach_inner, chain, threads, _np(g_b), _np(parts), _np(grad_store),
-                  _np(grad_s))
-        grad_u = grad_store.permute(3, 0, 1, 2) if want_u else None
+        loops().backward(_np(store), _np(wt), _np(ut), _np(ss), _np(cs), _np(vs),
+                         _np(grad_v.to(ss.dtype).permute(1, 2, 0).contiguous()), ctx.leaky, ctx.eps,
+                         ctx.detach_inner, chain, threads, _np(g_b), _np(parts), _np(grad_store), _np(grad_wt),
+                         _np(grad_ut), _np(grad_s))
+        grad_votes = grad_store.permute(3, 0, 1, 2) if want_votes else None
+        grad_u = grad_ut.transpose(0, 1) if want_u else None  # (B, I, K)
+        grad_w = grad_wt.view(I, J, D, -1).permute(1, 0, 3, 2) if want_w else None  # (J, I, K, D)
         grad_bias = grad_s.sum((0, 3)) if want_bias else None
-        return grad_u, grad_bias, None, None, None, None, None
+        return grad_votes, grad_u, grad_w, grad_bias, None

@@ -107,74 +107,107 @@ def _softmax(lg, leaky, fast, top, bits, c):
         for lane in range(L):
             c[j, lane] *= top[lane]
 
+
 @_jit()
 def _share(n, threads, t):
     """Thread t's range of n inputs."""
     return t * n // threads, (t + 1) * n // threads
 
+
+@_jit()
+def _votes(u, wt, ut, i, buf):
+    """Input i's votes (J, D, B): a view of u (I, J, D, B), or, when u is empty, computed into buf from
+    the transformation matrices wt (I, J*D, K) and the input poses ut (I, K, B)."""
+    if u.shape[0]:
+        return u[i]
+    J, D, B = buf.shape
+    K = ut.shape[1]
+    for j in range(J):
+        for d in range(D):
+            n = j * D + d
+            w = wt[i, n, 0]
+            for b in range(B):
+                buf[j, d, b] = w * ut[i, 0, b]
+            for k in range(1, K):
+                w = wt[i, n, k]
+                for b in range(B):
+                    buf[j, d, b] += w * ut[i, k, b]
+    return buf
+
+
 @_jit(parallel=True)
-def forward(u, bias, iterations, leaky, eps, fast, threads, ss, cs, vs, lg, parts):
-    """u (I, J, D, B) -> ss[r] = s_r (J, D, B) (bias included), vs[r] = v_r, cs[r - 1] = c_r (I, J, B)
-    for r >= 1 (c_0 is uniform; a single cs slot, when no backward follows, holds the latest c_r).
+def forward(u, wt, ut, bias, iterations, leaky, eps, fast, threads, ss, cs, vs, lg, parts):
+    """Votes u (I, J, D, B), or (u empty) the votes W_i u_i from wt (I, J*D, K) and ut (I, K, B), ->
+    ss[r] = s_r (J, D, B) (bias included), vs[r] = v_r, cs[r - 1] = c_r (I, J, B) for r >= 1 (c_0 is
+    uniform; a single cs slot, when no backward follows, holds the latest c_r).
     Scratch: lg (I, J, B) logits, parts (threads, J, D, B) partial sums.
 
     Threads split the inputs; every inner loop runs over the B examples, contiguous."""
-    I, J, D, B = u.shape
-    eps = u.dtype.type(eps)
-    c0 = _uniform(J, leaky, u.dtype)
+    I, J, B = lg.shape
+    D = ss.shape[2]
+    dt = lg.dtype.type
+    eps = dt(eps)
+    c0 = _uniform(J, leaky, lg.dtype)
     lg[:] = 0
     for r in range(iterations):
         v = vs[r - 1]
         for t in nb.prange(threads):
             p = parts[t]
             p[:] = 0
-            top = np.empty(B, u.dtype)
+            top = np.empty(B, lg.dtype)
             bits = np.empty((J, B), np.int32)
+            buf = np.empty((J, D, B), lg.dtype)
             i0, i1 = _share(I, threads, t)
             for i in range(i0, i1):
+                x = _votes(u, wt, ut, i, buf)
                 if r == 0:  # uniform coupling: a plain sum (scaled below)
                     for j in range(J):
                         for d in range(D):
                             for b in range(B):
-                                p[j, d, b] += u[i, j, d, b]
+                                p[j, d, b] += x[j, d, b]
                     continue
                 for j in range(J):  # b_r = b_{r-1} + u . v_{r-1}
                     for d in range(D):
                         for b in range(B):
-                            lg[i, j, b] += u[i, j, d, b] * v[j, d, b]
+                            lg[i, j, b] += x[j, d, b] * v[j, d, b]
                 c = cs[(r - 1) % cs.shape[0], i]
                 _softmax(lg[i], leaky, fast, top, bits, c)
                 for j in range(J):  # this input's share of s_r
                     for d in range(D):
                         for b in range(B):
-                            p[j, d, b] += c[j, b] * u[i, j, d, b]
+                            p[j, d, b] += c[j, b] * x[j, d, b]
         out = ss[r]
         out[:] = parts[0]
         for t in range(1, threads):
             out += parts[t]
-        scale = c0 if r == 0 else u.dtype.type(1)
+        scale = c0 if r == 0 else dt(1)
         for j in range(J):
             for d in range(D):
                 for b in range(B):
                     out[j, d, b] = out[j, d, b] * scale + bias[j, d]
         _squash(out, eps, vs[r])
 
+
 @_jit(parallel=True)
-def backward(u, ss, cs, vs, grad_v, leaky, eps, detach_inner, chain, threads, g_b, parts, grad_u, grad_s):
-    """From grad_v = dL/dv_last (J, D, B): grad_u (I, J, D, B) = dL/du (written whole) and
-    grad_s[r] = dL/ds_r (J, D, B), whose sum over (r, b) is the bias gradient.
+def backward(u, wt, ut, ss, cs, vs, grad_v, leaky, eps, detach_inner, chain, threads, g_b, parts, grad_u,
+             grad_wt, grad_ut, grad_s):
+    """From grad_v = dL/dv_last (J, D, B): dL/d(votes), written whole into grad_u (I, J, D, B); or, when
+    the votes came from wt and ut (u empty), straight into grad_wt (I, J*D, K) and grad_ut (I, B, K)
+    without writing it out. grad_s[r] = dL/ds_r (J, D, B), whose sum over (r, b) is the bias gradient.
     Scratch: g_b (R - 1, I, J, B), parts (threads, J, D, B).
 
     dL/du is a sum of outer products, one per use of u (as in capslab.routing.fused):
         sum_r c_r[i, j] g_s_r[j, :] + sum_{r>=1} g_b[r - 1][i, j] v_{r-1}[j, :]
     with g_b[r - 1] = dL/da_{r-1}, the logit gradient summed over the later iterations. A sweep per
-    iteration after the first finds the g_b, and a last pass writes the sum.
+    iteration after the first finds the g_b, and a last pass forms the sum.
     ``detach_inner``: only the last iteration's sum reaches u (the logits still carry gradient to
     the bias). ``chain``: follow the logits back at all (False: only the last sum's term)."""
-    I, J, D, B = u.shape
+    I, J, B = g_b.shape[1:]
+    D = ss.shape[2]
     R = ss.shape[0]
-    eps = u.dtype.type(eps)
-    c0 = _uniform(J, leaky, u.dtype)
+    dt = ss.dtype.type
+    eps = dt(eps)
+    c0 = _uniform(J, leaky, ss.dtype)
     g_v = grad_v.copy()
     grad_s[:] = 0
     first = R - 1  # the earliest iteration whose dL/ds is known
@@ -187,17 +220,19 @@ def backward(u, ss, cs, vs, grad_v, leaky, eps, detach_inner, chain, threads, g_
         for t in nb.prange(threads):
             p = parts[t]
             p[:] = 0
-            g_c = np.empty((J, B), u.dtype)
-            dot = np.empty(B, u.dtype)
+            g_c = np.empty((J, B), ss.dtype)
+            dot = np.empty(B, ss.dtype)
+            buf = np.empty((J, D, B), ss.dtype)
             i0, i1 = _share(I, threads, t)
             for i in range(i0, i1):
+                x = _votes(u, wt, ut, i, buf)
                 dot[:] = 0
                 for j in range(J):  # dL/dc_r = u . g_s
                     for b in range(B):
                         g_c[j, b] = 0
                     for d in range(D):
                         for b in range(B):
-                            g_c[j, b] += u[i, j, d, b] * g_s[j, d, b]
+                            g_c[j, b] += x[j, d, b] * g_s[j, d, b]
                     for b in range(B):
                         dot[b] += cs[r - 1, i, j, b] * g_c[j, b]
                 for j in range(J):  # softmax backward (the sink's dL/dc is 0, leaky or not)
@@ -208,29 +243,50 @@ def backward(u, ss, cs, vs, grad_v, leaky, eps, detach_inner, chain, threads, g_
                             g_b[r - 1, i, j, b] += g_b[r, i, j, b]
                     for d in range(D):  # a_{r-1} = u . v_{r-1}
                         for b in range(B):
-                            p[j, d, b] += g_b[r - 1, i, j, b] * u[i, j, d, b]
+                            p[j, d, b] += g_b[r - 1, i, j, b] * x[j, d, b]
         g_v[:] = parts[0]
         for t in range(1, threads):
             g_v += parts[t]
     lo = R - 1 if detach_inner else first  # iterations whose terms reach u
     logits = chain and not detach_inner
+    from_weights = u.shape[0] == 0
+    K = ut.shape[1]
     for t in nb.prange(threads):
+        buf = np.empty((J, D, B), ss.dtype)
+        gk = np.empty((K, B), ss.dtype)
         i0, i1 = _share(I, threads, t)
         for i in range(i0, i1):
+            gr = buf if from_weights else grad_u[i]  # dL/d(votes of input i) (J, D, B)
             for j in range(J):
                 for d in range(D):
                     if lo == 0:
                         for b in range(B):
-                            grad_u[i, j, d, b] = c0 * grad_s[0, j, d, b]
+                            gr[j, d, b] = c0 * grad_s[0, j, d, b]
                     else:
                         for b in range(B):
-                            grad_u[i, j, d, b] = 0
+                            gr[j, d, b] = 0
                     for r in range(max(lo, 1), R):
                         for b in range(B):
-                            grad_u[i, j, d, b] += cs[r - 1, i, j, b] * grad_s[r, j, d, b]
+                            gr[j, d, b] += cs[r - 1, i, j, b] * grad_s[r, j, d, b]
                         if logits:
                             for b in range(B):
-                                grad_u[i, j, d, b] += g_b[r - 1, i, j, b] * vs[r - 1, j, d, b]
+                                gr[j, d, b] += g_b[r - 1, i, j, b] * vs[r - 1, j, d, b]
+            if not from_weights:
+                continue
+            gk[:] = 0  # votes_i = W_i u_i: dW_i = g ut_i^T, du_i = W_i^T g
+            for j in range(J):
+                for d in range(D):
+                    n = j * D + d
+                    for k in range(K):
+                        acc = dt(0)
+                        w = wt[i, n, k]
+                        for b in range(B):
+                            acc += gr[j, d, b] * ut[i, k, b]
+                            gk[k, b] += w * gr[j, d, b]
+                        grad_wt[i, n, k] = acc
+            for b in range(B):
+                for k in range(K):
+                    grad_ut[i, b, k] = gk[k, b]
 
 
 def set_threads(n: int) -> int:
