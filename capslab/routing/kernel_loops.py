@@ -125,13 +125,28 @@ def _votes(u, wt, ut, i, buf):
     for j in range(J):
         for d in range(D):
             n = j * D + d
-            w = wt[i, n, 0]
-            for b in range(B):
-                buf[j, d, b] = w * ut[i, 0, b]
-            for k in range(1, K):
-                w = wt[i, n, k]
-                for b in range(B):
-                    buf[j, d, b] += w * ut[i, k, b]
+            k = 0
+            while k < K:  # four terms per pass over the row: a quarter of the loads and stores of buf
+                if k + 4 <= K:
+                    w0, w1, w2, w3 = wt[i, n, k], wt[i, n, k + 1], wt[i, n, k + 2], wt[i, n, k + 3]
+                    if k == 0:
+                        for b in range(B):
+                            buf[j, d, b] = (w0 * ut[i, k, b] + w1 * ut[i, k + 1, b]
+                                            + w2 * ut[i, k + 2, b] + w3 * ut[i, k + 3, b])
+                    else:
+                        for b in range(B):
+                            buf[j, d, b] += (w0 * ut[i, k, b] + w1 * ut[i, k + 1, b]
+                                             + w2 * ut[i, k + 2, b] + w3 * ut[i, k + 3, b])
+                    k += 4
+                else:
+                    w0 = wt[i, n, k]
+                    if k == 0:
+                        for b in range(B):
+                            buf[j, d, b] = w0 * ut[i, k, b]
+                    else:
+                        for b in range(B):
+                            buf[j, d, b] += w0 * ut[i, k, b]
+                    k += 1
     return buf
 
 
@@ -139,7 +154,8 @@ def _votes(u, wt, ut, i, buf):
 def forward(u, wt, ut, bias, iterations, leaky, eps, fast, threads, ss, cs, vs, lg, parts):
     """Votes u (I, J, D, B), or (u empty) the votes W_i u_i from wt (I, J*D, K) and ut (I, K, B), ->
     ss[r] = s_r (J, D, B) (bias included), vs[r] = v_r, cs[r - 1] = c_r (I, J, B) for r >= 1 (c_0 is
-    uniform; a single cs slot, when no backward follows, holds the latest c_r).
+    uniform; a single cs slot, when no backward follows, holds the latest c_r). From the weights,
+    ss[0] comes in holding sum_i W_i u_i (the first iteration's plain sum).
     Scratch: lg (I, J, B) logits, parts (threads, J, D, B) partial sums.
 
     Threads split the inputs; every inner loop runs over the B examples, contiguous."""
@@ -149,11 +165,17 @@ def forward(u, wt, ut, bias, iterations, leaky, eps, fast, threads, ss, cs, vs, 
     eps = dt(eps)
     c0 = _uniform(J, leaky, lg.dtype)
     lg[:] = 0
+    from_weights = u.shape[0] == 0
     for r in range(iterations):
         v = vs[r - 1]
+        skip = r == 0 and from_weights  # ss[0] holds sum_i W_i u_i already: one matrix product (caller)
         for t in nb.prange(threads):
             p = parts[t]
             p[:] = 0
+            if skip:
+                if t == 0:
+                    p[:] = ss[0]
+                continue
             top = np.empty(B, lg.dtype)
             bits = np.empty((J, B), np.int32)
             buf = np.empty((J, D, B), lg.dtype)
