@@ -2,6 +2,7 @@
 
     python benchmarks/step.py                       # CPU: fp32, fp32 channels_last, bf16 (if supported)
     python benchmarks/step.py --variants fp32 --reps 9
+    python benchmarks/step.py --profile             # per-operator times of one floor and one step
 
 The floor is forward + backward of Conv1 (+ ReLU) + the PrimaryCaps convolution alone; the step is
 the full CapsNet training step (dynamic routing, 3 iterations; margin + reconstruction loss; Adam),
@@ -50,6 +51,8 @@ def parse_args(argv=None):
                    help="cpu: process CPU time, steadier with --threads 1 on a machine other jobs load")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--profile", action="store_true",
+                   help="print torch.profiler's per-operator table of one step of the first variant, and exit")
     p.add_argument("--peak-child", default=None, help=argparse.SUPPRESS)  # internal: one variant's peak memory
     p.add_argument("--measure-child", default=None, help=argparse.SUPPRESS)  # internal: one variant's timings
     return p.parse_args(argv)
@@ -191,6 +194,22 @@ def peak_child(variant: str, args, device: torch.device) -> None:
     print(json.dumps(out))
 
 
+def profile_step(variant: str, args, device: torch.device) -> None:
+    """One step after warm-up under torch.profiler: self time per operator (and per input shape)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    s = Setup(variant, args.batch, device, args.adam)
+    for _ in range(max(2, args.warmup)):
+        s.floor(), s.step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    for name, fn in (("floor", s.floor), ("step", s.step)):
+        with profile(activities=activities, record_shapes=True) as prof:
+            fn()
+        print(f"{variant} {name}")
+        print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=20,
+                                                                 max_name_column_width=40))
+
+
 def in_child(flag: str, variant: str, args) -> dict:
     """Run ``flag`` (--measure-child, --peak-child) for one variant in a fresh process; its JSON line.
 
@@ -226,6 +245,8 @@ def main(argv=None) -> None:
     if args.measure_child:
         return print(json.dumps(measure(args.measure_child, args, device)))
     variants = args.variants.split(",") if args.variants else default_variants(device)
+    if args.profile:
+        return profile_step(variants[0], args, device)
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     report = {
         "device": dev_name, "device_type": device.type, "torch": torch.__version__, "capslab": capslab.__version__,
