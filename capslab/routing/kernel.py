@@ -2,10 +2,12 @@
 
 The operator path (capslab.routing.fused) runs every contraction of Procedure 1 as its own batched
 product, so the 94 MB of votes (CapsNet, batch 128) stream from memory about ten times per training
-step. Here the votes are stored (I, J, D, B), examples last: the examples are the vector lanes, and
-each input capsule's agreement, coupling and weighted sum are computed in one visit, so an iteration
-reads the votes once and nothing of their size is written in the forward. The backward reads them
-once per iteration after the first and writes their gradient once. Same equations as
+step. Here the examples are the vector lanes (every inner loop runs over B, contiguous), and each
+input capsule's agreement, coupling and weighted sum are computed in one visit per iteration. Two
+entry points: :func:`route_weights` (what :class:`capslab.ClassCapsules` uses) forms each input
+capsule's votes W_i u_i where they are used and writes the gradients of W and u directly, so no
+(B, I, J, D) tensor exists; :func:`route` reads votes stored (I, J, D, B) and writes their gradient.
+Same equations as
 :class:`capslab.AgreementRouting`'s loop, with b_ij = 0 at the start:
 
     c_r = softmax_j(b_r)  (leaky: over [0 | b_r], the sink dropped)
