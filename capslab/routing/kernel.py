@@ -47,8 +47,8 @@ def loops():
 
 
 def preferred(routing, u: Tensor, diagnostics: bool) -> bool:
-    """True when ``routing``'s loop on votes computed from ``u`` will run here (on votes stored
-    (I, J, D, B), see capslab.layers.class_caps)."""
+    """True when ``routing``'s loop on the votes of input poses ``u`` (B, I, K) runs here: from the
+    weights (:func:`route_weights`) or on votes stored (I, J, D, B) (:func:`route`)."""
     return (
         available()
         and getattr(routing, "compiled", False)
