@@ -49,5 +49,11 @@ def build_model(
     squash: Mapping[str, Any] | str = "sabour",
 ) -> Model:
     squash_module = build_squash(squash)
-    ctx = BuildContext(info, lambda spec: build_routing(routing, spec, squash_module), squash_module)
-    return build("model", section, ctx)
+    model_name = split_section(section)[0]
+
+    def make_routing(spec: RoutingSpec) -> Routing:
+        r = build_routing(routing, spec, squash_module)
+        r._caller = model_name  # named by capslab.routing.base.MissingRoutingInput
+        return r
+
+    return build("model", section, BuildContext(info, make_routing, squash_module))

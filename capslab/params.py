@@ -22,3 +22,13 @@ class Component:
     @classmethod
     def validate_params(cls, params: dict[str, Any] | None = None) -> Params:
         return cls.Params.model_validate(params or {})
+
+
+def with_preset(data: Any, presets: dict[str, dict[str, Any]], key: str = "preset") -> Any:
+    """For a ``mode="before"`` validator: the named preset's values under the keys the data leaves unset.
+
+    ``{"preset": "official", "iterations": 2}`` -> the official values, with ``iterations`` 2 as given.
+    """
+    if isinstance(data, dict) and data.get(key) in presets:
+        return {**presets[data[key]], **data}
+    return data

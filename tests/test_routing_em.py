@@ -57,8 +57,9 @@ def em_reference(V, a, beta_a, beta_u, iterations, final_lambda=0.01, schedule="
 
 
 def make_em(seed=0, **params):
+    """EM on the votes as they come (``vote_scale: raw``), so the loop transcription applies directly."""
     torch.manual_seed(seed)
-    routing = capslab.build_routing({"name": "em", **params}, SPEC).double()
+    routing = capslab.build_routing({"name": "em", "vote_scale": "raw", **params}, SPEC).double()
     with torch.no_grad():  # non-trivial betas, so the test sees both used
         routing.beta_a.copy_(torch.randn(J, dtype=torch.float64))
         routing.beta_u.copy_(torch.randn(J, dtype=torch.float64) * 0.5)
@@ -89,6 +90,39 @@ def test_em_matches_loop_transcription(params):
     torch.testing.assert_close(out.activations, act)
     torch.testing.assert_close(out.coupling, R)
     assert not torch.allclose(act, act.mean()), "activations should differ between outputs"
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 50.0])
+def test_em_rms_vote_scale_is_the_transcription_on_unit_rms_votes(scale):
+    routing = make_em(vote_scale="rms")
+    votes, acts, _ = routing_inputs(SPEC, batch=B, dtype=torch.float64, scale=scale)
+    out = routing(votes, acts)
+    s = votes.square().mean((1, 2, 3), keepdim=True).sqrt()  # (B, 1, 1, 1)
+    mu, act, _ = em_reference((votes / s).tolist(), acts.tolist(), routing.beta_a.tolist(), routing.beta_u.tolist(), 3)
+    torch.testing.assert_close(out.poses, mu * s.view(B, 1, 1))  # poses back at the votes' scale
+    torch.testing.assert_close(out.activations, act)
+
+
+def test_em_official_preset_fills_unset_keys_only():
+    p = capslab.build_routing({"name": "em", "preset": "official", "min_var": 1e-3}, SPEC).params
+    assert (p.mu_momentum, p.beta_a_scale, p.cost, p.class_lambda_factor) == (0.1, 5000.0, "log_variance", 0.25)
+    assert p.min_var == 1e-3  # set beside the preset: wins
+    class_layer = capslab.build_routing({"name": "em", "preset": "official"}, SPEC)
+    hidden = capslab.build_routing({"name": "em", "preset": "official"},
+                                   capslab.RoutingSpec(5, 3, 16, layer="hidden"))
+    assert class_layer.inverse_temperature(2) == pytest.approx(hidden.inverse_temperature(2) / 4)
+
+
+def test_em_official_cost_uses_the_log_variance():
+    votes, acts, _ = routing_inputs(SPEC, batch=B, dtype=torch.float64)
+    half = make_em(iterations=1)(votes, acts).activations
+    full = make_em(iterations=1, cost="log_variance")(votes, acts).activations
+    r = make_em(iterations=1)
+    lam = r.inverse_temperature(0)
+    mass = (acts / J).sum(1, keepdim=True) + 1e-5  # (B, 1): R = 1/J on the one M-step
+    # logit = lam (beta_a - D beta_u mass - k mass sum_h log var_h), k = 1/2 (log sigma) or 1 (log variance)
+    expected = 2 * torch.logit(half) - lam * r.beta_a + lam * D * r.beta_u * mass
+    torch.testing.assert_close(torch.logit(full), expected)
 
 
 def test_em_diagnostics_track_the_iterations():
@@ -131,9 +165,8 @@ def test_em_uses_and_learns_its_betas():
     assert routing.beta_a.grad.abs().min() > 0 and routing.beta_u.grad.abs().min() > 0
     assert votes.grad.abs().sum() > 0
     assert routing.needs_activations
-    # without activations every input counts fully (a_i = 1), as the contract says
-    ones = torch.ones(B, I, dtype=torch.float64)
-    torch.testing.assert_close(routing(votes.detach()).poses, routing(votes.detach(), ones).poses)
+    with pytest.raises(capslab.CapslabError, match="routing 'em' needs the input capsules' activations"):
+        routing(votes.detach())  # never a silent a_i = 1
 
 
 # ------------------------------------------------------------------------------- matrix_capsnet

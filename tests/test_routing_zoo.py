@@ -223,8 +223,9 @@ def test_self_routing_starts_uniform_and_needs_poses():
     torch.testing.assert_close(out.coupling, torch.full((B, I, J), 1 / J, dtype=torch.float64))
     torch.testing.assert_close(out.activations, torch.full((B, J), 1 / J, dtype=torch.float64))
     assert out.logit_change.tolist() == [0.0]
-    torch.testing.assert_close(r(votes, None, x).poses, r(votes, torch.ones(B, I, dtype=torch.float64), x).poses)
-    with pytest.raises(ValueError, match="poses"):
+    with pytest.raises(capslab.CapslabError, match="'self_routing' needs the input capsules' activations"):
+        r(votes, None, x)  # never a silent a_i = 1 (every a_j would start at exactly 1/J)
+    with pytest.raises(capslab.CapslabError, match="poses"):
         r(votes, acts)
 
 
@@ -263,10 +264,13 @@ def variational_bayes(u, acts, T, beta_a, beta_u, alpha0=1.0, kappa0=1.0, m0=0.0
     return torch.tensor(poses, dtype=torch.float64), torch.tensor(out_acts, dtype=torch.float64)
 
 
+VB_PLAIN = {"vote_scale": "raw", "batch_norm": False, "pose_norm": False}  # the paper's equations alone
+
+
 @pytest.mark.parametrize("iterations,mixing", [(1, True), (3, True), (3, False)])
 def test_variational_bayes_matches_the_loop(iterations, mixing):
     votes, acts, _, u, a, _ = inputs()
-    r = build({"name": "variational_bayes", "iterations": iterations, "mixing_in_assignment": mixing})
+    r = build({"name": "variational_bayes", "iterations": iterations, "mixing_in_assignment": mixing, **VB_PLAIN})
     randomise(r)
     poses, out_acts = variational_bayes(u, a, iterations, r.beta_a.tolist(), r.beta_u.tolist(), mixing=mixing)
     out = r(votes, acts)
@@ -277,13 +281,33 @@ def test_variational_bayes_matches_the_loop(iterations, mixing):
 def test_variational_bayes_priors_are_used():
     votes, acts, _, u, a, _ = inputs()
     priors = dict(alpha0=2.0, kappa0=0.5, m0=0.3, psi0=2.0)
-    r = build({"name": "variational_bayes", **priors})
+    r = build({"name": "variational_bayes", **priors, **VB_PLAIN})
     poses, out_acts = variational_bayes(u, a, 3, [0.0] * J, [0.0] * J, **priors)
     out = r(votes, acts, diagnostics=True)
     torch.testing.assert_close(out.poses, poses)
     torch.testing.assert_close(out.activations, out_acts)
     torch.testing.assert_close(out.coupling.sum(-1), torch.ones(B, I, dtype=torch.float64))
     assert out.logit_change.shape == (3,) and out.entropy.shape == (3,)
+
+
+def test_variational_bayes_official_setup_normalises_votes_logits_and_poses():
+    votes, acts, _, u, a, _ = inputs()
+    votes = votes * 1e-3  # CapsNet-like vote scale: rms makes the result independent of it
+    r = build("variational_bayes")  # defaults: vote_scale rms, batch_norm and pose_norm on (the official code)
+    randomise(r)
+    s = votes.square().mean((1, 2, 3), keepdim=True).sqrt()  # (B, 1, 1, 1)
+    poses, out_acts = variational_bayes((votes / s).tolist(), a, 3,
+                                        r.beta_a.tolist(), r.beta_u.tolist())
+    out = r(votes, acts)  # training mode: batch statistics
+
+    def bn(x):  # BatchNorm without affine over the batch
+        return (x - x.mean(0)) / (x.var(0, unbiased=False) + 1e-5).sqrt()
+
+    torch.testing.assert_close(out.activations, torch.sigmoid(bn(torch.logit(out_acts))))
+    m = (poses * s.view(B, 1, 1)).reshape(B, -1)
+    torch.testing.assert_close(out.poses, bn(m).view(B, J, D))
+    r.eval()  # running statistics: per example
+    torch.testing.assert_close(r(votes[:1], acts[:1]).poses, r(votes, acts).poses[:1])
 
 
 # ------------------------------------------------------------------ inside a model

@@ -23,9 +23,10 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from capslab.params import Params
-from capslab.routing.base import Routing, RoutingResult, RoutingSpec, coupling_entropy
+from capslab.routing.base import Routing, RoutingResult, RoutingSpec
 from capslab.routing import kernel
 from capslab.routing.fused import fusable, fused_agree
+from capslab.routing.trace import RoutingTrace
 
 
 class AggregationParams(Params):
@@ -81,16 +82,18 @@ class AgreementRouting(Routing):
         return self.agree(votes, iterations, self.params.gradient == "detach_inner", diagnostics)
 
     def agree(self, votes: Tensor, iterations: int, detach_inner: bool, diagnostics: bool) -> RoutingResult:
-        """The Procedure-1 loop on votes (B, I, J, D); activations |v_j|."""
+        """The Procedure-1 loop on votes (B, I, J, D); activations |v_j|. With ``diagnostics`` the plain loop
+        below always runs (the reference, which records every iteration); otherwise the fastest path that
+        applies (capslab.routing.kernel, capslab.routing.fused)."""
         u = votes.transpose(1, 2)  # (B, J, I, D)
         b = self.initial_logits(u)  # (B, J, I), per example, stored output-major
-        if self.fused and not b.requires_grad:  # the same result, faster
+        if self.fused and not b.requires_grad and not diagnostics:  # the same result, faster
             if kernel.applies(self, votes, diagnostics):
                 return kernel.route(self, votes, iterations, detach_inner)
             if fusable(votes):
-                return fused_agree(self, votes, b, iterations, detach_inner, diagnostics, self.zero_start())
+                return fused_agree(self, votes, b, iterations, detach_inner, self.zero_start())
         u_inner = u.detach() if detach_inner else u
-        deltas, entropies = [], []
+        trace = RoutingTrace() if diagnostics else None
         for r in range(iterations):
             last = r == iterations - 1
             uu = u if last else u_inner
@@ -99,12 +102,11 @@ class AgreementRouting(Routing):
             if self.bias is not None:
                 s = s + self.bias
             v = self.squash(s)  # (B, J, D)
-            if diagnostics:
-                entropies.append(coupling_entropy(c, dim=1))
+            delta = None
             if not last or diagnostics:  # the last update is only needed for the diagnostics
                 delta = (uu @ v.unsqueeze(-1)).squeeze(-1)  # (B, J, I, D) @ (B, J, D, 1) -> (B, J, I)
-                if diagnostics:
-                    deltas.append(delta.detach().abs().mean())
                 b = b + delta
+            if trace is not None:
+                trace.record(c, v, delta)
         result = RoutingResult(v, torch.linalg.vector_norm(v, dim=-1))
-        return result.with_diagnostics(c.transpose(1, 2), deltas, entropies) if diagnostics else result
+        return trace.attach(result, c.transpose(1, 2)) if trace is not None else result

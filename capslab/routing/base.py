@@ -19,6 +19,11 @@ How the algorithms map onto the contract:
   LayerNorm'd; activations = pose norms (or a learned read-out), logits = the scaled dot products.
 - Self-routing (Hahn 2019): needs input ``poses (B, I, D_in)`` and ``activations (B, I)``; the coupling
   comes from a per-capsule routing network on the input pose, no iterations.
+- Variational Bayes (Ribeiro 2020): needs input ``activations (B, I)``, like EM.
+
+A routing that declares ``needs_activations`` / ``needs_poses`` and is called without them raises
+:class:`MissingRoutingInput` naming the routing and the model: a missing input is never replaced by a
+constant (ones would give every output the same mass and ignore the input capsules' lengths).
 
 Votes may arrive as a non-contiguous view: :class:`capslab.layers.ClassCapsules` stores them as
 ``(B, J, I, D)`` so that ``votes.transpose(1, 2)`` is free and the per-output sums are batched matmuls,
@@ -35,6 +40,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from capslab.errors import CapslabError
 from capslab.params import Component
 
 
@@ -46,6 +52,11 @@ class RoutingSpec:
     out_caps: int  # J
     pose_dim: int  # D, the vote / output pose size
     in_pose_dim: int | None = None  # D_in, input pose size (self-routing needs it)
+    layer: str = "class"  # "class": the class capsules (the model's last layer); "hidden": a capsule layer below
+
+
+# Per-iteration convergence statistics a RoutingResult may carry (diagnostics only); see capslab.routing.trace.
+CONVERGENCE = ("logit_change", "entropy", "logit_change2", "coupling_change", "pose_change")
 
 
 @dataclass
@@ -53,23 +64,38 @@ class RoutingResult:
     poses: Tensor  # (B, J, D)
     activations: Tensor  # (B, J), in [0, 1] for squash-based routings
     coupling: Tensor | None = None  # (B, I, J), final coupling coefficients; diagnostics only
-    logit_change: Tensor | None = None  # (iterations,) mean |delta b| per iteration; diagnostics only
+    logit_change: Tensor | None = None  # (iterations,) mean |b^(r+1) - b^(r)| per iteration; diagnostics only
     entropy: Tensor | None = None  # (iterations,) mean coupling entropy (nats) per iteration
+    # (iterations - 1,) each, from the second iteration on; they vanish once routing has converged:
+    logit_change2: Tensor | None = None  # mean |(b^(r+1) - b^(r)) - (b^(r) - b^(r-1))|, the second difference
+    coupling_change: Tensor | None = None  # mean |c^(r) - c^(r-1)|
+    pose_change: Tensor | None = None  # mean ||v^(r) - v^(r-1)|| over the outputs
 
-    def with_diagnostics(self, coupling: Tensor, logit_change: list[Tensor], entropy: list[Tensor]) -> RoutingResult:
+    def with_diagnostics(self, coupling: Tensor, logit_change: list[Tensor], entropy: list[Tensor],
+                         **convergence: list[Tensor]) -> RoutingResult:
         """Attach the diagnostics: coupling (B, I, J), and per iteration the mean |change of the logits| and
-        the mean coupling entropy (scalars, one each per iteration)."""
+        the mean coupling entropy (scalars, one each per iteration); ``convergence`` optionally holds the
+        lists ``logit_change2``, ``coupling_change`` and ``pose_change`` (capslab.routing.trace fills them)."""
+        unknown = set(convergence) - set(CONVERGENCE)
+        if unknown:
+            raise TypeError(f"with_diagnostics: unknown statistics {sorted(unknown)}; known: {', '.join(CONVERGENCE)}")
         self.coupling = coupling.detach()
         self.logit_change = stack_stats(logit_change)
         self.entropy = stack_stats(entropy)
+        for key, values in convergence.items():
+            setattr(self, key, stack_stats(values))
         return self
 
 
 class Routing(Component, nn.Module):
     """Base class of routing plugins: subclass, set ``name`` and ``Params``, implement ``route``."""
 
-    needs_activations: ClassVar[bool] = False  # True: forward requires input activations (B, I)
+    needs_activations: ClassVar[bool] = False  # True: forward requires input activations (B, I); never filled in
     needs_poses: ClassVar[bool] = False  # True: forward requires input poses (B, I, D_in)
+    # What ranks an output whose votes agree first at initialisation (the conformance suite's agreement check):
+    # "activations" (the output activations), "coupling" (only the total coupling sum_i c_ij: the activations
+    # come from a learned read-out), None (the coupling does not come from agreement: uniform, random, self-routing).
+    ranks_by: ClassVar[str | None] = "activations"
     stochastic: ClassVar[bool] = False  # True: draws random numbers, so batch-mates change an example's draw
     votes_layout: ClassVar[str] = "bjid"  # how capslab.ClassCapsules stores the votes (capslab.layers.class_caps)
 
@@ -110,10 +136,10 @@ class Routing(Component, nn.Module):
         s = self.spec
         if (I, J, D) != (s.in_caps, s.out_caps, s.pose_dim):
             raise ValueError(f"{self.name}: votes {tuple(votes.shape)} do not match (B, {s.in_caps}, {s.out_caps}, {s.pose_dim})")
-        if self.needs_activations and activations is None:
-            activations = votes.new_ones(B, I)
-        if self.needs_poses and poses is None:
-            raise ValueError(f"routing {self.name!r} needs the input poses (B, I, D_in)")
+        for needed, given, what in ((self.needs_activations, activations, "activations (B, I)"),
+                                    (self.needs_poses, poses, "poses (B, I, D_in)")):
+            if needed and given is None:
+                raise MissingRoutingInput(self, what)
         return self.route(votes, activations, poses, iterations or self.iterations, diagnostics)
 
     def route(
@@ -123,6 +149,16 @@ class Routing(Component, nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.params.model_dump().items())
+
+
+class MissingRoutingInput(CapslabError):
+    """A routing that needs input activations or poses was called without them (never filled with a constant)."""
+
+    def __init__(self, routing: Routing, what: str):
+        caller = getattr(routing, "_caller", None)
+        by = f"model {caller!r}" if caller else "its caller"
+        super().__init__(f"routing {routing.name!r} needs the input capsules' {what}, and {by} passed none: "
+                         f"pass them to the routing (capslab.Routing.forward), or pick a routing that needs none")
 
 
 def coupling_entropy(c: Tensor, dim: int = -1) -> Tensor:

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from capslab.buffers import scratch
-from capslab.routing.base import RoutingResult, coupling_entropy
+from capslab.routing.base import RoutingResult
 
 
 # Outputs per agreement product on the (I, B, J, D) storage: g times the exact multiply-adds, but
@@ -98,18 +98,18 @@ def _squash(routing, s: Tensor) -> Tensor:
 
 
 class FusedAgreement(torch.autograd.Function):
-    """(u (B, I, J, D) fusable, b0 (B, J, I), routing, iterations, detach_inner, flags, diag, *params) -> v (B, J, D).
+    """(u (B, I, J, D) fusable, b0 (B, J, I), routing, iterations, detach_inner, flags, *params) -> v (B, J, D).
 
     ``flags``: (b0 is constant over i, the backward will run).
     """
 
     @staticmethod
-    def forward(ctx, u, b0, routing, iterations, detach_inner, flags, diag, *params):
+    def forward(ctx, u, b0, routing, iterations, detach_inner, flags, *params):
         with torch.autocast(u.device.type, enabled=False):  # bf16 votes: contractions in bf16, the rest in fp32
-            return FusedAgreement._forward(ctx, u, b0, routing, iterations, detach_inner, flags, diag, params)
+            return FusedAgreement._forward(ctx, u, b0, routing, iterations, detach_inner, flags, params)
 
     @staticmethod
-    def _forward(ctx, u, b0, routing, iterations, detach_inner, flags, diag, params):
+    def _forward(ctx, u, b0, routing, iterations, detach_inner, flags, params):
         uniform_start, graph = flags
         b = b0.to(torch.promote_types(b0.dtype, torch.float32))  # logits in fp32 even for bf16 votes
         couplings, ss = [], []  # (logits, coupling) with couple's graph, and the sums, of each iteration
@@ -126,15 +126,9 @@ class FusedAgreement(torch.autograd.Function):
                 s = weighted_sum(c, u)  # (B, J, D)
             v = _squash(routing, s)
             ss.append(s)
-            if diag is not None:
-                diag["entropy"].append(coupling_entropy(c, dim=1))
-            if r < iterations - 1 or diag is not None:  # the last update only feeds the diagnostics
+            if r < iterations - 1:  # the last update would only feed diagnostics (the plain loop's job)
                 a = agreement(u, v)  # (B, J, I)
-                if diag is not None:
-                    diag["delta"].append(a.abs().mean())
                 b = a.add_(b.detach())  # in place: a fresh (B, J, I) tensor costs page faults
-        if diag is not None:
-            diag["coupling"] = c.transpose(1, 2)  # (B, I, J)
         ctx.routing, ctx.detach_inner, ctx.n, ctx.couplings = routing, detach_inner, iterations, couplings
         ctx.save_for_backward(u, *ss, *params)
         return v
@@ -153,7 +147,7 @@ class FusedAgreement(torch.autograd.Function):
         ss, params = rest[:R], rest[R:]
         B, I, J, D = u.shape
         want_u = ctx.needs_input_grad[0]
-        want_p = [ctx.needs_input_grad[7 + k] for k in range(len(params))]
+        want_p = [ctx.needs_input_grad[6 + k] for k in range(len(params))]
         trainable = [p for p, w in zip(params, want_p) if w]
         # the chain back through the logits matters if the votes get gradients through it, or a parameter
         chain = (want_u and not detach_inner) or bool(trainable)
@@ -193,7 +187,7 @@ class FusedAgreement(torch.autograd.Function):
             grad_u = scratch("capslab.routing.grad_votes", (B, I, J * D), u)
             outer_sum(coefs, vecs, grad_u)
             grad_u = grad_u.view(B, I, J, D)
-        return (grad_u, None, None, None, None, None, None, *grad_p)
+        return (grad_u, None, None, None, None, None, *grad_p)
 
 
 def _accumulate(total: list, want: list[bool], grads) -> None:
@@ -206,14 +200,13 @@ def _accumulate(total: list, want: list[bool], grads) -> None:
 
 
 def fused_agree(routing, votes: Tensor, b0: Tensor, iterations: int, detach_inner: bool,
-                diagnostics: bool, uniform_start: bool = False) -> RoutingResult:
-    """The loop on fusable votes (B, I, J, D) from initial logits b0 (B, J, I) that need no gradient.
+                uniform_start: bool = False) -> RoutingResult:
+    """The loop on fusable votes (B, I, J, D) from initial logits b0 (B, J, I) that need no gradient; no
+    diagnostics (the plain loop records those).
 
     ``uniform_start``: b0 is constant over the inputs i (zeros in Procedure 1), so the first sum is plain.
     """
-    diag = {"entropy": [], "delta": []} if diagnostics else None  # filled by the forward
     params = list(routing.parameters())
     graph = torch.is_grad_enabled() and (votes.requires_grad or any(p.requires_grad for p in params))
-    v = FusedAgreement.apply(votes, b0, routing, iterations, detach_inner, (uniform_start, graph), diag, *params)
-    result = RoutingResult(v, torch.linalg.vector_norm(v, dim=-1))
-    return result if diag is None else result.with_diagnostics(diag["coupling"], diag["delta"], diag["entropy"])
+    v = FusedAgreement.apply(votes, b0, routing, iterations, detach_inner, (uniform_start, graph), *params)
+    return RoutingResult(v, torch.linalg.vector_norm(v, dim=-1))

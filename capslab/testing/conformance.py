@@ -92,13 +92,73 @@ def routing_determinism(name: str) -> None:
 
 
 def routing_batch_of_one(name: str) -> None:
+    """A batch of one trains; in evaluation, routing is per example (batch statistics, as variational Bayes's
+    BatchNorm, may couple examples in training only)."""
     r = make_routing(name)
     votes, acts, poses = routing_inputs(SMALL, batch=3)
     out = _run(r, votes[:1], acts[:1], poses[:1])
     assert out.poses.shape == (1, SMALL.out_caps, SMALL.pose_dim)
+    r.eval()
     if not r.stochastic:  # routing is per example: batch-mates must not matter
-        full = _run(r, votes, acts, poses)
-        torch.testing.assert_close(out.poses, full.poses[:1], msg="routing of example 0 depends on its batch-mates")
+        one, full = _run(r, votes[:1], acts[:1], poses[:1]), _run(r, votes, acts, poses)
+        torch.testing.assert_close(one.poses, full.poses[:1], msg="routing of example 0 depends on its batch-mates")
+        torch.testing.assert_close(one.activations, full.activations[:1], msg="activations depend on batch-mates")
+
+
+def routing_requires_its_inputs(name: str) -> None:
+    """A routing that declares ``needs_activations`` / ``needs_poses`` and gets none raises an error naming
+    itself (never a silent constant); one that needs neither routes without them."""
+    from capslab.routing.base import MissingRoutingInput
+
+    r = make_routing(name)
+    votes, acts, poses = routing_inputs(SMALL)
+    for needed, kwargs, what in ((r.needs_activations, {"poses": poses}, "activations"),
+                                 (r.needs_poses, {"activations": acts}, "poses")):
+        if needed:
+            try:
+                r(votes, **kwargs)
+            except MissingRoutingInput as exc:
+                assert name in str(exc) and what in str(exc), f"the error must name {name!r} and {what}: {exc}"
+            else:
+                raise AssertionError(f"called without input {what}, which it declares it needs, it did not raise")
+    if not (r.needs_activations or r.needs_poses):
+        _finite(_run(r, votes, None, None).poses, "poses routed without activations or poses")
+
+
+AGREE = RoutingSpec(in_caps=128, out_caps=5, pose_dim=8, in_pose_dim=4)  # a layer of 128 input capsules
+
+
+def agreeing_votes(spec: RoutingSpec, scale: float, target: int, batch: int = 4, seed: int = 5):
+    """Votes (B, I, J, D) at RMS ~ ``scale`` where every input's vote for output ``target`` is one shared
+    vector (plus 10% noise) and the votes for the other outputs are independent; activations in (0.05, 0.95)."""
+    g = torch.Generator().manual_seed(seed)
+    B, I, J, D = batch, spec.in_caps, spec.out_caps, spec.pose_dim
+    votes = torch.randn(B, I, J, D, generator=g)
+    shared = torch.randn(B, 1, D, generator=g)
+    votes[:, :, target] = shared + 0.1 * torch.randn(B, I, D, generator=g)
+    acts = torch.rand(B, I, generator=g) * 0.9 + 0.05
+    poses = torch.randn(B, I, spec.in_pose_dim or 1, generator=g)
+    return votes * scale, acts, poses
+
+
+def routing_ranks_agreement(name: str) -> None:
+    """At initialisation, at vote scales from 1e-2 to 1, the output whose votes agree comes first: in the
+    activations (``ranks_by = "activations"``) or in the total coupling sum_i c_ij (``"coupling"``).
+    Routings whose coupling does not come from agreement (``ranks_by = None``) are exempt. In evaluation mode:
+    batch statistics (variational Bayes's BatchNorm) compare an output with itself across the batch."""
+    r = make_routing(name, AGREE).eval()
+    if r.ranks_by is None:
+        return
+    target = 2
+    for scale in (1e-2, 1e-1, 1.0):
+        votes, acts, poses = agreeing_votes(AGREE, scale, target)
+        with torch.no_grad():
+            out = _run(r, votes, acts, poses, diagnostics=True)
+        ranked = out.activations if r.ranks_by == "activations" else out.coupling.sum(1)  # (B, J)
+        others = torch.cat([ranked[:, :target], ranked[:, target + 1:]], 1)
+        assert (ranked[:, target] > others.max(1).values).all(), (
+            f"votes at scale {scale:g}: the agreeing output is not ranked first by the {r.ranks_by} "
+            f"({ranked[0].tolist()}, agreeing output {target})")
 
 
 def routing_gradcheck(name: str) -> None:
@@ -251,12 +311,41 @@ def model_forward_backward(name: str) -> None:
         _finite(model(x).scores, "eval scores")
 
 
+def model_feeds_its_routing(name: str) -> None:
+    """The model hands every routing it calls input activations (B, I) in [0, 1] and poses (B, I, D_in),
+    so a routing that needs them (EM, variational Bayes, self-routing) gets its paper's inputs."""
+    from capslab.build import build
+    from capslab.models.base import BuildContext
+    from capslab.squash import default_squash
+
+    seen: list[tuple] = []
+
+    class Probe(Routing):  # a routing that needs everything and records what it got
+        name = "conformance_probe"
+        needs_activations = needs_poses = True
+
+        def route(self, votes, activations, poses, iterations, diagnostics):
+            seen.append((votes.shape, activations, poses))
+            B, _, J, D = votes.shape
+            return RoutingResult(votes.mean(1), activations.mean(1, keepdim=True).expand(B, J))
+
+    torch.manual_seed(0)
+    model = build("model", name, BuildContext(DataInfo(1, 28, 28, 10), Probe, default_squash()))
+    model(torch.rand(2, 1, 28, 28), torch.tensor([3, 7]))
+    for shape, acts, poses in seen:
+        B, I = shape[:2]
+        assert acts.shape == (B, I), f"activations {tuple(acts.shape)} != {(B, I)}"
+        assert (acts >= 0).all() and (acts <= 1).all(), "input activations must lie in [0, 1]"
+        assert poses.dim() == 3 and poses.shape[:2] == (B, I), f"poses {tuple(poses.shape)} != (B, I, D_in)"
+
+
 CHECKS: dict[str, list[Check]] = {
     "routing": [routing_shapes, routing_extreme_inputs, routing_gradients, routing_determinism,
-                routing_batch_of_one, routing_gradcheck, routing_votes_storage],
+                routing_batch_of_one, routing_gradcheck, routing_votes_storage, routing_requires_its_inputs,
+                routing_ranks_agreement],
     "squash": [squash_shape_and_range, squash_extreme_inputs, squash_gradcheck, squash_determinism_and_batch_of_one],
     "loss": [loss_scalar_and_order, loss_extreme_inputs, loss_gradients_and_batch_of_one, loss_gradcheck],
-    "model": [model_forward_backward],
+    "model": [model_forward_backward, model_feeds_its_routing],
 }
 
 

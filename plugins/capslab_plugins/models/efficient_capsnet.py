@@ -10,6 +10,7 @@ Initialisation as the official Keras code: he_normal convolutions and W.
 
 import math
 
+import torch
 from pydantic import Field
 from torch import Tensor, nn
 
@@ -70,7 +71,8 @@ class EfficientCapsNet(capslab.Model):
         x = self.primary(self.features(images))  # (B, N * primary_dim, 1, 1)
         # channel n * primary_dim + d is property d of capsule n (the official Reshape((N, D)))
         u = self.squash(x.flatten(1).view(x.shape[0], self.params.primary_caps, self.params.primary_dim))
-        r = self.caps(u, diagnostics=diagnostics)  # poses (B, J, D), activations (B, J)
+        a = torch.linalg.vector_norm(u, dim=-1)  # (B, N): the capsules' lengths, for routings that need activations
+        r = self.caps(u, a, diagnostics=diagnostics)  # poses (B, J, D), activations (B, J)
         recon = self.decoder(r.poses, r.activations, targets) if self.decoder is not None else None
         return capslab.ModelOutput(r.activations, r.poses, recon, r)
 

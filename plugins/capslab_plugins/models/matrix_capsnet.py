@@ -57,7 +57,7 @@ class ConvCapsules(nn.Module):
         in_caps = kernel * kernel * types_in
         # (I, J, 4, 4) with I = types_in * K * K (input type major, then kernel position)
         self.weight = nn.Parameter(torch.randn(in_caps, types_out, 4, 4) * init_std)
-        self.routing = make_routing(capslab.RoutingSpec(in_caps, types_out, 16, 16))
+        self.routing = make_routing(capslab.RoutingSpec(in_caps, types_out, 16, 16, layer="hidden"))
 
     def forward(self, pose: Tensor, act: Tensor, diagnostics: bool = False):
         B, _, H, W = pose.shape

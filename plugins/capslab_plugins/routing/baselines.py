@@ -27,6 +27,7 @@ import capslab
 class UniformRouting(capslab.AgreementRouting):
     name = "uniform"
     Params = capslab.AggregationParams
+    ranks_by = None  # a fixed coupling: the control that routing is compared against
 
     def route(self, votes, activations, poses, iterations, diagnostics):
         return self.agree(votes, 1, False, diagnostics)  # zero initial logits: softmax gives 1/J

@@ -9,40 +9,78 @@ Votes V_ij (D = 16: a flattened 4x4 pose) and input activations a_i; R_ij = 1/J 
     E-step  log p_ij = -sum_h [ (V_ijh - mu_jh)^2 / (2 sigma2_jh) + log sigma_jh + log(2 pi) / 2 ]
             R_ij = softmax_j(log a_j + log p_ij)   (skipped after the last M-step)
 
-Stabilisers of the official code (google-research capsule_em, em_layers.py): the inverse temperature rises
-over the iterations, lambda_t = final_lambda (1 - 0.95^(t+1)) (final 0.01); the E-step is a log-sum-exp
-over the outputs (no underflow of the Gaussian densities); the variance has a floor (5e-4) and the masses
-an epsilon, so a collapsed or empty cluster stays finite. Options: ``mu_momentum`` (official 0.1:
-mu = 0.9 mu_new + 0.1 mu_old, mu_0 = 0) and ``beta_a_scale`` (official 5000: beta_a is multiplied so that
-its learning rate is effectively 5000x larger). beta_a and beta_u are learned, one per output capsule.
+Stabilisers of the official code (google-research capsule_em, ``em_layers.py``, the routing loop of
+``update_em_routing``): the inverse temperature rises over the iterations, lambda_t = final_lambda
+(1 - 0.95^(t+1)) (final 0.01); the E-step is a log-sum-exp over the outputs (no underflow of the
+Gaussian densities); the variance has a floor (5e-4) and the masses an epsilon (1e-5), so a collapsed or
+empty cluster stays finite.
 
-Output poses = mu (B, J, 16), activations = a_j. Diagnostics: R (B, I, J), and per iteration the mean
-|delta log R| of the E-step and the entropy of R over the outputs.
+Two presets (``preset``; any key set beside it wins):
+
+- ``paper`` (default): the equations above, log sigma in the cost, mu without momentum, beta_a unscaled,
+  one final_lambda for every layer.
+- ``official``: the constants of the official code's routing loop: mu = 0.9 mu_new + 0.1 mu_old
+  (mu_0 = 0); beta_a multiplied by 5000 in the logit (so its effective learning rate is 5000x); the
+  cost uses log sigma^2 (``cost: log_variance``) instead of log sigma; the class-capsule layer routes with
+  a quarter of the final inverse temperature (``class_lambda_factor: 0.25``). These were transcribed
+  from the survey of the official code (``../shared/reference/routing-survey.md``, marked read there) and
+  the project's issue 10; the session that wrote this preset had no code-search tool, so file lines are
+  not cited and the initial values of beta_a / beta_u (here 0) are not the official ones. The official
+  code also normalises R of an input capsule over every conv window it falls in (conv-capsule layers);
+  capslab's matrix_capsnet routes each window independently (capslab_plugins.models.matrix_capsnet).
+
+Vote scale (``vote_scale``, capslab.routing.scale): ``rms`` (default) routes on each example's votes
+divided by their RMS, so the variance floor, the inverse temperature and the costs are relative to the
+vote scale; the poses mu are multiplied back. ``raw`` routes on the votes as they come (the official
+code: its matrix-capsule model sets the scale). On CapsNet's backbone raw votes have a per-dimension
+variance ~1e-4, below the floor: every cluster then looks alike and the activations saturate.
+
+Output poses = mu (B, J, 16), activations = a_j. beta_a and beta_u are learned, one per output capsule.
+Diagnostics: R (B, I, J) and the convergence statistics of capslab.routing.trace on log R (the logit
+analogue), R and mu.
 """
 
 import math
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 import capslab
+from capslab.params import with_preset
+from capslab.routing.scale import VoteScale, normalize_votes, rescale_poses
+from capslab.routing.trace import RoutingTrace
 
 LOG_2PI = math.log(2 * math.pi)
 
+PRESETS = {
+    "paper": {},
+    "official": {"final_lambda": 0.01, "lambda_schedule": "official", "min_var": 5e-4, "mass_eps": 1e-5,
+                 "mu_momentum": 0.1, "beta_a_scale": 5000.0, "cost": "log_variance", "class_lambda_factor": 0.25},
+}
+
 
 class EMParams(capslab.Params):
+    preset: Literal["paper", "official"] = "paper"
     iterations: int = Field(3, ge=1)
     final_lambda: float = Field(0.01, gt=0)  # official final_beta flag
     # "official": lambda_t = final_lambda (1 - 0.95^(t+1)); "constant": lambda_t = final_lambda
     lambda_schedule: Literal["official", "constant"] = "official"
-    min_var: float = Field(5e-4, gt=0)  # variance floor (official 0.0005)
+    class_lambda_factor: float = Field(1.0, gt=0)  # the class-capsule layer's lambda is final_lambda x this
+    min_var: float = Field(5e-4, gt=0)  # variance floor (official 0.0005), in units of the vote scale with rms
     mass_eps: float = Field(1e-5, gt=0)  # added to sum_i R'_ij (official 1e-5)
     mu_momentum: float = Field(0.0, ge=0, lt=1)  # official 0.1
     beta_a_scale: float = Field(1.0, gt=0)  # official 5000
+    cost: Literal["log_sigma", "log_variance"] = "log_sigma"  # paper: log sigma_h; official: log sigma_h^2
+    vote_scale: VoteScale = "rms"
     beta_a_init: float = 0.0
     beta_u_init: float = 0.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data):
+        return with_preset(data, PRESETS)
 
 
 class EMRouting(capslab.Routing):
@@ -57,21 +95,22 @@ class EMRouting(capslab.Routing):
 
     def inverse_temperature(self, t: int) -> float:
         p = self.params
-        return p.final_lambda if p.lambda_schedule == "constant" else p.final_lambda * (1 - 0.95 ** (t + 1))
+        final = p.final_lambda * (p.class_lambda_factor if self.spec.layer == "class" else 1.0)
+        return final if p.lambda_schedule == "constant" else final * (1 - 0.95 ** (t + 1))
 
     def route(self, votes, activations, poses, iterations, diagnostics):
         p = self.params
+        votes, scale = normalize_votes(votes, p.vote_scale)
         V = votes.transpose(1, 2)  # (B, J, I, D); contiguous when votes came from ClassCapsules
         B, J, I, D = V.shape
         a_in = activations.to(V.dtype).unsqueeze(1)  # (B, 1, I)
         log_R = V.new_full((B, J, I), -math.log(J))  # routing assignments, output-major
         mu = V.new_zeros(B, J, D)
         beta_a = self.beta_a * p.beta_a_scale  # (J,)
-        deltas, entropies = [], []
+        cost_scale = 1.0 if p.cost == "log_variance" else 0.5  # log sigma = log var / 2
+        trace = RoutingTrace() if diagnostics else None
         for t in range(iterations):
             R = log_R.exp()  # (B, J, I)
-            if diagnostics:
-                entropies.append(capslab.coupling_entropy(R, dim=1))
             # M-step
             Rp = R * a_in  # (B, J, I)
             mass = Rp.sum(-1, keepdim=True) + p.mass_eps  # (B, J, 1)
@@ -80,22 +119,23 @@ class EMRouting(capslab.Routing):
             diff2 = (V - mu.unsqueeze(2)).pow(2)  # (B, J, I, D)
             var = (Rp.unsqueeze(2) @ diff2).squeeze(2) / mass + p.min_var  # (B, J, D)
             log_var = var.log()
-            cost = (self.beta_u.unsqueeze(-1) + 0.5 * log_var) * mass  # (B, J, D); log sigma = log var / 2
+            cost = (self.beta_u.unsqueeze(-1) + cost_scale * log_var) * mass  # (B, J, D)
             logit = self.inverse_temperature(t) * (beta_a - cost.sum(-1))  # (B, J)
-            if t == iterations - 1 and not diagnostics:
-                break  # the last E-step only feeds the diagnostics
-            # E-step in the log domain
-            mahalanobis = (diff2 @ var.reciprocal().unsqueeze(-1)).squeeze(-1)  # (B, J, I): sum_h diff2 / var
-            log_p = -0.5 * (mahalanobis + (log_var.sum(-1, keepdim=True) + D * LOG_2PI))
-            log_post = nn.functional.logsigmoid(logit).unsqueeze(-1) + log_p  # (B, J, I)
-            new_log_R = log_post - log_post.logsumexp(1, keepdim=True)
-            if diagnostics:
-                deltas.append((new_log_R - log_R).detach().abs().mean())
-            if t < iterations - 1:
-                log_R = new_log_R
-        result = capslab.RoutingResult(mu, logit.sigmoid())
+            update = None
+            if t < iterations - 1 or diagnostics:  # the last E-step only feeds the diagnostics
+                # E-step in the log domain
+                mahalanobis = (diff2 @ var.reciprocal().unsqueeze(-1)).squeeze(-1)  # (B, J, I): sum_h diff2 / var
+                log_p = -0.5 * (mahalanobis + (log_var.sum(-1, keepdim=True) + D * LOG_2PI))
+                log_post = nn.functional.logsigmoid(logit).unsqueeze(-1) + log_p  # (B, J, I)
+                new_log_R = log_post - log_post.logsumexp(1, keepdim=True)
+                update = new_log_R - log_R
+                if t < iterations - 1:
+                    log_R = new_log_R
+            if trace is not None:
+                trace.record(R, mu, update)
+        result = capslab.RoutingResult(rescale_poses(mu, scale), logit.sigmoid())
         # coupling (B, I, J): the R of the last M-step
-        return result.with_diagnostics(R.transpose(1, 2), deltas, entropies) if diagnostics else result
+        return trace.attach(result, R.transpose(1, 2)) if trace is not None else result
 
 
 @capslab.hookimpl

@@ -13,28 +13,39 @@ apple/ml-capsules-inverted-attention-routing, ``src/layers.py`` CapsuleFC).
 each pass (not accumulated as in dynamic routing). LayerNorm over D with a learned gain and bias
 shared by the output capsules (``nn.LayerNorm(out_d)``, as the official code); no squash.
 
-Activations: the official capsules have no length (LayerNorm fixes |p_j| ~ sqrt(D)); its model reads
-the class scores with one linear map shared by all classes (``final_fc = nn.Linear(D, 1)``) and a
-cross-entropy. To keep scores in [0, 1] for the margin loss we read out a_j = sigmoid(w . p_j + w0),
-the same shared linear map (PyTorch's default init) followed by a sigmoid. Diagnostics: the
-logit change of pass t is mean |a^(t) - a^(t-1)|, a^(0) = 0 being the uniform pass's logits.
+Activations (``readout``): the official capsules have no length (LayerNorm fixes |p_j| ~ sqrt(D)); its
+model reads the class scores with one linear map shared by all classes (``final_fc = nn.Linear(D, 1)``,
+PyTorch's default init) and a cross-entropy on them:
+
+- ``linear``: the paper's read-out, a_j = w . p_j + w0, class logits: pair it with loss ``cross_entropy``;
+- ``sigmoid`` (default): sigmoid(w . p_j + w0), scores in [0, 1] for the margin loss of a shared backbone.
+
+Either way the activations come from a learned read-out, so at initialisation only the coupling (not the
+activations) ranks an output whose votes agree first (``ranks_by = "coupling"``). Diagnostics: the
+statistics of capslab.routing.trace; the logit change of pass t is mean |a^(t) - a^(t-1)|, a^(0) = 0
+being the uniform pass's logits.
 """
+
+from typing import Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 
 import capslab
+from capslab.routing.trace import RoutingTrace
 
 
 class InvertedDotProductParams(capslab.Params):
     iterations: int = Field(2, ge=1)
     layer_norm_eps: float = Field(1e-5, gt=0)  # nn.LayerNorm's default, as the official code
+    readout: Literal["sigmoid", "linear"] = "sigmoid"  # linear: the paper's class logits (cross-entropy)
 
 
 class InvertedDotProductRouting(capslab.Routing):
     name = "inverted_dot_product"
     Params = InvertedDotProductParams
+    ranks_by = "coupling"  # the activations are a learned read-out of the LayerNorm'd poses
 
     def __init__(self, spec: capslab.RoutingSpec, squash=None, **params):
         super().__init__(spec, squash, **params)
@@ -50,19 +61,20 @@ class InvertedDotProductRouting(capslab.Routing):
         u = votes.transpose(1, 2)  # (B, J, I, D): per-output sums are batched matmuls
         B, J, I, _ = u.shape
         a = u.new_zeros(B, J, I)  # logits of the uniform first pass
-        deltas, entropies = [], []
+        trace = RoutingTrace() if diagnostics else None
         for t in range(iterations):
             r = a.softmax(1)  # (B, J, I): over the outputs
             p = self.norm((r.unsqueeze(2) @ u).squeeze(2))  # (B, J, 1, I) @ (B, J, I, D) -> (B, J, D)
-            if diagnostics:
-                entropies.append(capslab.coupling_entropy(r, dim=1))
+            update = None
             if t < iterations - 1 or diagnostics:  # the last agreement only feeds the diagnostics
                 new = self.agreement(u, p)
-                if diagnostics:
-                    deltas.append((new - a).detach().abs().mean())
+                update = new - a
                 a = new
-        result = capslab.RoutingResult(p, torch.sigmoid(self.readout(p).squeeze(-1)))  # (B, J, D), (B, J)
-        return result.with_diagnostics(r.transpose(1, 2), deltas, entropies) if diagnostics else result
+            if trace is not None:
+                trace.record(r, p, update)
+        scores = self.readout(p).squeeze(-1)  # (B, J)
+        result = capslab.RoutingResult(p, scores if self.params.readout == "linear" else torch.sigmoid(scores))
+        return trace.attach(result, r.transpose(1, 2)) if trace is not None else result
 
 
 @capslab.hookimpl

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 import capslab
+from capslab.routing.trace import RoutingTrace
 
 
 class SelfAttentionRouting(capslab.Routing):
@@ -38,9 +39,11 @@ class SelfAttentionRouting(capslab.Routing):
         s = (weights.unsqueeze(2) @ u).squeeze(2)  # (B, J, 1, I) @ (B, J, I, D) -> (B, J, D)
         v = self.squash(s)
         result = capslab.RoutingResult(v, torch.linalg.vector_norm(v, dim=-1))
-        if diagnostics:  # coupling (B, I, J)
-            result.with_diagnostics(c.transpose(1, 2), [logits.abs().mean()], [capslab.coupling_entropy(c, dim=1)])
-        return result
+        if not diagnostics:
+            return result
+        trace = RoutingTrace()
+        trace.record(c, v, logits)  # one pass: the logits move from 0 to these values
+        return trace.attach(result, c.transpose(1, 2))
 
 
 @capslab.hookimpl

@@ -8,8 +8,10 @@ iterations):
     a_j  = sum_i c_ij a_i / sum_i a_i                            output activation
     v_j  = sum_i (c_ij a_i / sum_i' c_i'j a_i') u_hat_{j|i}       activation-weighted mean of the votes
 
-Inputs: the poses (B, I, D_in) are required; absent activations count as ones (then a_j is the mean
-coupling). Since sum_j c_ij = 1, the a_j sum to 1 over the outputs and lie in [0, 1] (margin loss and
+Inputs: the poses (B, I, D_in) and the activations (B, I) are required (a model without activations
+gets an error, not ones: with a_i = 1 every a_j starts at exactly 1/J and predictions tie). In the
+paper's model the activations are sigmoid(BatchNorm(conv)) heads (CapsNet: ``model.activations:
+sigmoid``) and the loss an NLL on log a_j (loss ``nll``). Since sum_j c_ij = 1, the a_j sum to 1 over the outputs and lie in [0, 1] (margin loss and
 NLL both apply). The poses are returned as is, as the official code (``squash_poses: true`` squashes
 them with the recipe's squash). The official divisions have no guard; we clamp the denominators at
 ``eps`` so all-zero activations give zeros, not NaN. Diagnostics (one pass): the coupling, its
@@ -22,6 +24,7 @@ from pydantic import Field
 from torch import nn
 
 import capslab
+from capslab.routing.trace import RoutingTrace
 
 
 class SelfRoutingParams(capslab.Params):
@@ -34,6 +37,7 @@ class SelfRouting(capslab.Routing):
     Params = SelfRoutingParams
     needs_poses = True
     needs_activations = True
+    ranks_by = None  # the coupling is learned from each input's own pose (uniform at initialisation), not agreement
 
     def __init__(self, spec: capslab.RoutingSpec, squash=None, **params):
         super().__init__(spec, squash, **params)
@@ -54,9 +58,11 @@ class SelfRouting(capslab.Routing):
         if self.params.squash_poses:
             v = self.squash(v)
         result = capslab.RoutingResult(v, a)
-        if diagnostics:  # c is already (B, I, J)
-            result.with_diagnostics(c, [logits.abs().mean()], [capslab.coupling_entropy(c, dim=-1)])
-        return result
+        if not diagnostics:
+            return result
+        trace = RoutingTrace(coupling_dim=-1)  # c is (B, I, J)
+        trace.record(c, v, logits)  # one pass: the logits' departure from their zero initialisation
+        return trace.attach(result, c)
 
 
 @capslab.hookimpl

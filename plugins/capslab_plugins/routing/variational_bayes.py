@@ -20,11 +20,20 @@ Output: poses m_j (the posterior means) and activations
     H[q] = D ln(2 pi e)/2 - E[ln|L_j|]/2,
 
 with beta_a, beta_u learned per output capsule (zero-initialised), as the official code. Defaults are
-the paper's: 3 iterations, alpha0 = 1, kappa0 = 1, Psi0 = I, nu0 = D + 1, m0 = 0. Where the official
-code differs, as options: its assignment omits E[ln pi_j] from the numerator (``mixing_in_assignment:
-false``); it batch-normalises the activation logits (``batch_norm: true``; default off: batch
-statistics make an example's output depend on its batch-mates and fail at batch size 1) and the
-poses (not done here). Diagnostics: coupling R, its entropy, and mean |delta ln R| per iteration.
+the paper's: 3 iterations, alpha0 = 1, kappa0 = 1, Psi0 = I, nu0 = D + 1, m0 = 0. As the official code,
+the activation logits and the output poses are batch-normalised without affine parameters
+(``batch_norm``, ``pose_norm``, both default true: BN_a and BN_v of its routing module; during training an
+example's output then depends on its batch-mates, as in the official code; in evaluation the running
+statistics make it per example; a training batch of one uses the running statistics). The official
+assignment omits E[ln pi_j] from the numerator: ``mixing_in_assignment: false``.
+
+Scale: Psi0 = I, kappa0 and m0 are absolute, and the official model feeds the routing batch-normalised
+poses (unit scale per dimension). ``vote_scale: rms`` (default, capslab.routing.scale) gives every
+backbone that scale: each example's votes are divided by their RMS before routing (the posterior means
+are multiplied back before the pose BatchNorm); ``raw`` routes the votes as they come.
+
+The paper pairs the routing with a cross-entropy on the class activations (loss ``cross_entropy``).
+Diagnostics: coupling R and the convergence statistics of capslab.routing.trace on ln R, R and m.
 """
 
 import math
@@ -34,6 +43,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 import capslab
+from capslab.routing.scale import VoteScale, normalize_votes, rescale_poses
+from capslab.routing.trace import RoutingTrace
 
 
 class VariationalBayesParams(capslab.Params):
@@ -44,7 +55,9 @@ class VariationalBayesParams(capslab.Params):
     psi0: float = Field(1.0, gt=0)  # Wishart scale Psi0 = psi0 * I
     nu0: float | None = Field(None, gt=0)  # Wishart degrees of freedom; None: D + 1
     mixing_in_assignment: bool = True  # False: the official code's R_ij without E[ln pi_j]
-    batch_norm: bool = False  # BatchNorm (no affine) on the activation logits, as the official code
+    batch_norm: bool = True  # BatchNorm (no affine) on the activation logits, as the official code
+    pose_norm: bool = True  # BatchNorm (no affine) on the output poses m_j, as the official code
+    vote_scale: VoteScale = "rms"  # routing on votes of unit RMS (module doc)
     eps: float = Field(1e-10, gt=0)  # floor of R_j (all-zero input activations)
 
 
@@ -59,7 +72,8 @@ class VariationalBayesRouting(capslab.Routing):
         self.nu0 = self.params.nu0 if self.params.nu0 is not None else D + 1.0
         self.beta_a = nn.Parameter(torch.zeros(J))
         self.beta_u = nn.Parameter(torch.zeros(J))
-        self.bn = nn.BatchNorm1d(J, affine=False) if self.params.batch_norm else None
+        self.bn = nn.BatchNorm1d(J, affine=False) if self.params.batch_norm else None  # over (B, J) logits
+        self.pose_bn = nn.BatchNorm1d(J * D, affine=False) if self.params.pose_norm else None  # over (B, J * D)
 
     def update_params(self, u: Tensor, a: Tensor, R: Tensor) -> dict[str, Tensor]:
         """q(pi, mu, Lambda) from the assignments R (B, J, I), activations a (B, I), votes u (B, J, I, D)."""
@@ -88,26 +102,37 @@ class VariationalBayesRouting(capslab.Routing):
         return ln_rho - (ln_rho + q["e_ln_pi"].unsqueeze(-1)).logsumexp(1, keepdim=True)  # official
 
     def route(self, votes, activations, poses, iterations, diagnostics):
+        votes, scale = normalize_votes(votes, self.params.vote_scale)
         u = votes.transpose(1, 2)  # (B, J, I, D)
         B, J, I, D = u.shape
         log_R = u.new_full((B, J, I), -math.log(J))  # uniform assignments
-        deltas, entropies = [], []
+        trace = RoutingTrace() if diagnostics else None
         for t in range(iterations):
             R = log_R.exp()
             q = self.update_params(u, activations, R)
-            if diagnostics:
-                entropies.append(capslab.coupling_entropy(R, dim=1))
+            update = None
             if t < iterations - 1 or diagnostics:  # the last E-step only feeds the diagnostics
                 new = self.log_assign(u, q)
-                if diagnostics:
-                    deltas.append((new - log_R).detach().abs().mean())
+                update = new - log_R
                 log_R = new
+            if trace is not None:
+                trace.record(R, q["m"], update)
         entropy = 0.5 * D * math.log(2 * math.pi * math.e) - 0.5 * q["e_ln_lambda"]  # (B, J): H[q(mu_j, L_j)]
         logit = self.beta_a - (q["e_ln_pi"].exp() * entropy + self.beta_u)  # (B, J)
+        m = rescale_poses(q["m"], scale)  # (B, J, D)
         if self.bn is not None:
-            logit = self.bn(logit)
-        result = capslab.RoutingResult(q["m"], torch.sigmoid(logit))
-        return result.with_diagnostics(R.transpose(1, 2), deltas, entropies) if diagnostics else result
+            logit = batch_norm(self.bn, logit)
+        if self.pose_bn is not None:
+            m = batch_norm(self.pose_bn, m.reshape(B, J * D)).view(B, J, D)
+        result = capslab.RoutingResult(m, torch.sigmoid(logit))
+        return trace.attach(result, R.transpose(1, 2)) if trace is not None else result
+
+
+def batch_norm(bn: nn.BatchNorm1d, x: Tensor) -> Tensor:
+    """``bn(x)`` for x (B, C); a training batch of one (no batch statistics) uses the running statistics."""
+    if bn.training and x.shape[0] == 1:
+        return nn.functional.batch_norm(x, bn.running_mean, bn.running_var, training=False, eps=bn.eps)
+    return bn(x)
 
 
 @capslab.hookimpl
