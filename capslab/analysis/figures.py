@@ -117,6 +117,10 @@ def _routing(model, data: Split, dev, iterations: int | None, batch_size: int, c
     history = rt.training_history(records)
     if history:
         report.written.append(plots.plot_training(history, report.out_dir / "routing_training.png", num_classes))
+        evals = [{k: history[k][e] for k in (*rt.STATS, *rt.CONVERGENCE)} for e in range(len(history["epoch"]))]
+        report.written.append(plots.plot_convergence(
+            evals, [f"epoch {e}" for e in history["epoch"]], report.out_dir / "routing_convergence_training.png",
+            f"{layer.name} routing over training (test set, each evaluation)"))
     else:
         report.notes.append("no routing diagnostics in the run's metrics.jsonl (train with diagnostics: true "
                             "for routing_training.png)")
@@ -129,10 +133,16 @@ def _routing(model, data: Split, dev, iterations: int | None, batch_size: int, c
         raise CapslabError(f"{name}: no routing analysis: {layer.name} routing reports no per-iteration diagnostics")
     report.written.append(plots.plot_sweep(report.sweep, report.out_dir / "routing_iterations.png",
                                            report.trained_iterations, num_classes))
+    report.written.append(plots.plot_convergence(
+        report.sweep[-1:], [f"{n} iterations"], report.out_dir / "routing_convergence.png",
+        f"{layer.name} routing of the test set, trained with {report.trained_iterations} iterations"))
     numbers = report.out_dir / "routing_iterations.json"
-    change = report.sweep[-1][rt.STATS[0]]
+    longest = report.sweep[-1]
+    paper = longest.get(rt.PAPER_STAT, [])
     numbers.write_text(json.dumps({
         "checkpoint": str(ckpt_dir), "routing": layer.name, "trained_iterations": report.trained_iterations,
-        "examples": len(data), "logit_change": change, "falls_every_iteration": rt.falls_every_iteration(change),
+        "examples": len(data), "logit_change": longest[rt.STATS[0]],
+        **{key.removeprefix("routing_"): longest.get(key, []) for key in rt.CONVERGENCE},
+        "paper_statistic": rt.PAPER_STAT.removeprefix("routing_"), "falls_every_iteration": rt.falls_every_iteration(paper),
         "by_iterations": report.sweep}, indent=1) + "\n", encoding="utf-8")
     report.written.append(numbers)

@@ -6,14 +6,15 @@ import math
 from pathlib import Path
 from typing import Any
 
-from capslab.analysis.routing import STATS
+from capslab.analysis.routing import CONVERGENCE, PAPER_STAT, STATS
 
 
-def _figure(panels: int):
+def _figure(panels: int, rows: int = 1):
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(4.2 * panels, 3.4))
-    return fig, fig.subplots(1, panels, squeeze=False)[0]
+    fig = Figure(figsize=(4.2 * panels, 3.4 * rows))
+    axes = fig.subplots(rows, panels, squeeze=False)
+    return fig, (axes[0] if rows == 1 else axes)
 
 
 def _log_if_positive(ax, values: list[float]) -> None:
@@ -89,4 +90,45 @@ def plot_sweep(rows: list[dict[str, Any]], path: Path, trained: int, num_classes
     c.legend(fontsize=7)
     for ax in (a, b, c):
         ax.set_xticks(ks if ax is c else list(its))
+    return _save(fig, path)
+
+
+LABELS = {"routing_logit_change": "mean |b^(r+1) - b^(r)|", "routing_logit_change2": "mean |Δb^(r) - Δb^(r-1)|",
+          "routing_coupling_change": "mean |c^(r) - c^(r-1)|", "routing_pose_change": "mean ||v^(r) - v^(r-1)||"}
+
+
+def plot_convergence(curves: list[list[dict[str, Any]]] | list[dict[str, Any]], labels: list[str], path: Path,
+                     title: str) -> Path:
+    """One column per statistic (|Δb| and the three that vanish at convergence), value vs routing iteration,
+    linear (top) and log (bottom) y; one line per entry of ``curves`` (an evaluation over training, or a
+    number of inference iterations), coloured from early (light) to late (dark)."""
+    from matplotlib import colormaps
+
+    keys = ("routing_logit_change", *CONVERGENCE)
+    fig, axes = _figure(len(keys), rows=2)
+    colours = colormaps["viridis_r"]
+    n = max(len(curves) - 1, 1)
+    for col, key in enumerate(keys):
+        first = 1 if key == "routing_logit_change" else 2  # the differences start at the second iteration
+        for k, (row, label) in enumerate(zip(curves, labels)):
+            ys = row.get(key, [])
+            if not ys:
+                continue
+            xs = range(first, first + len(ys))
+            for ax in axes[:, col]:
+                ax.plot(xs, ys, marker="o", ms=3, color=colours(0.15 + 0.85 * k / n), label=label)
+        paper = " (paper Fig. A.1)" if key == PAPER_STAT else ""
+        for r, ax in enumerate(axes[:, col]):
+            ax.set(xlabel="routing iteration r", ylabel=LABELS[key] + paper if r == 0 else "log scale")
+            _integer_x(ax)
+        values = [v for row in curves for v in row.get(key, [])]
+        if values and all(v > 0 for v in values):
+            axes[1, col].set_yscale("log")
+        axes[0, col].set_title(LABELS[key] + paper, fontsize=9)
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    if len(names) > 8:  # keep the legend readable: first, a few in between, last
+        pick = sorted({0, len(names) // 3, 2 * len(names) // 3, len(names) - 1})
+        handles, names = [handles[i] for i in pick], [names[i] for i in pick]
+    axes[0, 0].legend(handles, names, fontsize=7)
+    fig.suptitle(title, fontsize=10)
     return _save(fig, path)

@@ -1,14 +1,18 @@
 """How routing converges, iteration by iteration (Sabour 2017, Appendix A).
 
-Per routing iteration r, the diagnostics of a class layer's routing (capslab.train.diagnostics) are
+Per routing iteration r, the diagnostics of a class layer's routing (capslab.train.diagnostics,
+defined in capslab.routing.trace) are
 
-    mean |delta b|_r = mean over examples, i, j of |b_ij^(r+1) - b_ij^(r)|   (dynamic routing: |u_hat_j|i . v_j^(r)|)
-    H_r              = mean over examples, i of the entropy of c_i.^(r)      (log J: uniform coupling)
+    mean |delta b|_r   = mean |b^(r+1) - b^(r)|        (dynamic routing: |u_hat . v^(r)|; tends to |u_hat . v*|, not 0)
+    mean |delta2 b|_r  = mean |delta b_r - delta b_(r-1)|  (the paper's Fig. A.1: vanishes at convergence)
+    mean |delta c|_r   = mean |c^(r) - c^(r-1)|
+    mean ||delta v||_r = mean ||v^(r) - v^(r-1)||
+    H_r                = mean entropy of c_i.^(r)      (log J: uniform coupling)
 
 Two sources: a run's ``metrics.jsonl`` (recipe ``diagnostics: true``: one record per evaluation, so
 their evolution over training), and a checkpoint directly: the test set routed with ``iterations = k``
 for k = 1..N, through the routing contract's ``forward(..., iterations=k)``. Routing converges when
-mean |delta b| falls with every iteration; the test accuracy per k shows what inference-time
+the vanishing statistics fall with every iteration; the test accuracy per k shows what inference-time
 iterations beyond the trained number buy.
 """
 
@@ -27,6 +31,9 @@ from capslab.routing.base import Routing
 from capslab.train.evaluate import evaluate
 
 STATS = ("routing_logit_change", "routing_entropy")  # per-iteration lists, keys of capslab.train.diagnostics
+# per-iteration lists from the second iteration on, that vanish at convergence; the first is the paper's Fig. A.1
+CONVERGENCE = ("routing_logit_change2", "routing_coupling_change", "routing_pose_change")
+PAPER_STAT = CONVERGENCE[0]
 
 
 def routings(model: nn.Module) -> list[Routing]:
@@ -66,8 +73,8 @@ def iteration_sweep(model: nn.Module, data: Split, device: torch.device, max_ite
     for k in range(1, max_iterations + 1):
         with routing_iterations(model, k):
             m = evaluate(model, data, device=device, batch_size=batch_size, diagnostics=True)
-        rows.append({"iterations": k, **{key: m[key] for key in ("accuracy", *STATS, "routing_to_prediction")
-                                          if key in m}})
+        rows.append({"iterations": k, **{key: m[key] for key in ("accuracy", *STATS, *CONVERGENCE,
+                                                                 "routing_to_prediction") if key in m}})
     return rows
 
 
@@ -82,4 +89,4 @@ def training_history(records: list[dict[str, Any]]) -> dict[str, Any]:
     if not evals:
         return {}
     return {"epoch": [r["epoch"] for r in evals], "step": [r["step"] for r in evals],
-            **{key: [r.get(key, []) for r in evals] for key in STATS}}
+            **{key: [r.get(key, []) for r in evals] for key in (*STATS, *CONVERGENCE)}}

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from capslab.analysis import ANALYSES, make_figures
-from capslab.analysis.routing import STATS, falls_every_iteration
+from capslab.analysis.routing import PAPER_STAT, STATS, falls_every_iteration
 from capslab.cli.common import out, user_errors
 
 
@@ -53,10 +53,15 @@ def figures(
                           " ".join(f"{v:.3g}" for v in row.get(STATS[0], [])),
                           " ".join(f"{v:.3g}" for v in row.get(STATS[1], [])))
         out.print(table)
-        change = report.sweep[-1].get(STATS[0], [])
-        if len(change) > 1:
-            verdict = "falls" if falls_every_iteration(change) else "does NOT fall"
-            out.print(f"mean |Δb| {verdict} with every iteration: {', '.join(f'{v:.3g}' for v in change)}")
+        longest = report.sweep[-1]
+        for key, label in ((STATS[0], "mean |Δb| (tends to |û·v*|, not 0)"),
+                           (PAPER_STAT, "mean |Δb^(r) - Δb^(r-1)| (the paper's Fig. A.1)"),
+                           ("routing_coupling_change", "mean |c^(r) - c^(r-1)|"),
+                           ("routing_pose_change", "mean ||v^(r) - v^(r-1)||")):
+            values = longest.get(key, [])
+            if len(values) > 1:
+                verdict = "falls" if falls_every_iteration(values) else "does NOT fall"
+                out.print(f"{label} {verdict} with every iteration: {', '.join(f'{v:.3g}' for v in values)}")
     out.print(f"written to {report.out_dir}: " + ", ".join(p.name for p in report.written))
 
 

@@ -1,10 +1,14 @@
 """Routing diagnostics, averaged over an evaluation (recipe ``diagnostics: true``).
 
-From the class layer's ``RoutingResult`` of a forward pass with ``diagnostics=True``:
+From the class layer's ``RoutingResult`` of a forward pass with ``diagnostics=True`` (the statistics are
+defined in capslab.routing.trace):
 
 - ``routing_entropy``: per iteration, the mean entropy (nats) of each input capsule's coupling
   distribution c_i. over the outputs; log J is uniform (no routing), 0 is one-hot;
-- ``routing_logit_change``: per iteration, the mean |delta b_ij| of the routing logits;
+- ``routing_logit_change``: per iteration, the mean |b^(r+1) - b^(r)| of the routing logits;
+- ``routing_logit_change2``, ``routing_coupling_change``, ``routing_pose_change``: from the second
+  iteration on, the second difference of b, mean |c^(r) - c^(r-1)| and mean ||v^(r) - v^(r-1)||: the
+  quantities that vanish once routing has converged (``routing_logit_change2`` is the paper's Fig. A.1);
 - ``routing_to_prediction``: the fraction of input capsules whose strongest coupling goes to the class
   the model predicts (how much of the layer "agrees" with the output).
 """
@@ -13,7 +17,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from capslab.routing.base import RoutingResult
+from capslab.routing.base import CONVERGENCE, RoutingResult
 
 
 class RoutingStats:
@@ -21,8 +25,7 @@ class RoutingStats:
 
     def __init__(self) -> None:
         self.n = 0
-        self.entropy: Tensor | None = None  # (iterations,) sums
-        self.logit_change: Tensor | None = None
+        self.sums: dict[str, Tensor] = {}  # statistic -> (iterations,) sums
         self.to_prediction = 0.0
 
     def add(self, routing: RoutingResult | None, scores: Tensor) -> None:
@@ -30,10 +33,11 @@ class RoutingStats:
             return
         b = scores.shape[0]
         self.n += b
-        if routing.entropy is not None:
-            self.entropy = _add(self.entropy, routing.entropy.detach().float().cpu() * b)
-        if routing.logit_change is not None:
-            self.logit_change = _add(self.logit_change, routing.logit_change.detach().float().cpu() * b)
+        for key in CONVERGENCE:
+            value = getattr(routing, key)
+            if value is not None and value.numel():
+                value = value.detach().float().cpu() * b
+                self.sums[key] = value if key not in self.sums else self.sums[key] + value
         if routing.coupling is not None:
             strongest = routing.coupling.argmax(-1)  # (B, I): the output each input capsule feeds most
             pred = scores.argmax(1, keepdim=True)  # (B, 1)
@@ -42,14 +46,7 @@ class RoutingStats:
     def summary(self) -> dict[str, object]:
         if self.n == 0:
             return {}
-        out: dict[str, object] = {}
-        if self.entropy is not None:
-            out["routing_entropy"] = [round(float(v) / self.n, 6) for v in self.entropy]
-        if self.logit_change is not None:
-            out["routing_logit_change"] = [round(float(v) / self.n, 6) for v in self.logit_change]
+        out: dict[str, object] = {f"routing_{key}": [round(float(v) / self.n, 8) for v in self.sums[key]]
+                                  for key in CONVERGENCE if key in self.sums}
         out["routing_to_prediction"] = round(self.to_prediction / self.n, 6)
         return out
-
-
-def _add(total: Tensor | None, value: Tensor) -> Tensor:
-    return value if total is None else total + value
