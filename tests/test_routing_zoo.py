@@ -202,16 +202,19 @@ def self_routing(u, acts, x, W, br):
     return torch.tensor(poses, dtype=torch.float64), torch.tensor(out_acts, dtype=torch.float64)
 
 
-def test_self_routing_matches_the_loop():
+@pytest.mark.parametrize("pose_scale", ["raw", "rms"])
+def test_self_routing_matches_the_loop(pose_scale):
     votes, acts, x, u, a, xl = inputs()
-    r = build("self_routing")
+    r = build({"name": "self_routing", "pose_scale": pose_scale})
     randomise(r)
-    poses, out_acts = self_routing(u, a, xl, r.weight.tolist(), r.bias.tolist())
+    x = x * 0.05  # CapsNet-like pose scale: rms routes as on unit-RMS poses
+    xs = x / x.square().mean((1, 2), keepdim=True).sqrt() if pose_scale == "rms" else x
+    poses, out_acts = self_routing(u, a, xs.tolist(), r.weight.tolist(), r.bias.tolist())
     out = r(votes, acts, x)
     torch.testing.assert_close(out.poses, poses)
     torch.testing.assert_close(out.activations, out_acts)
     torch.testing.assert_close(out.activations.sum(-1), torch.ones(B, dtype=torch.float64))
-    squashed = build({"name": "self_routing", "squash_poses": True})
+    squashed = build({"name": "self_routing", "squash_poses": True, "pose_scale": pose_scale})
     squashed.load_state_dict(r.state_dict())
     torch.testing.assert_close(squashed(votes, acts, x).poses, r.squash(poses))
 
@@ -354,7 +357,7 @@ MIN_ACCURACY = {"self_routing": 0.5}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("routing", ZOO)
+@pytest.mark.parametrize("routing", [*ZOO, "em", "self_attention"])
 def test_one_epoch_of_mnist5k(routing):
     torch.manual_seed(0)
     data = capslab.build_dataset("mnist5k")
@@ -380,3 +383,32 @@ def test_one_epoch_of_mnist5k(routing):
     assert last < first - 0.05, f"{routing}: loss {first:.3f} -> {last:.3f}"
     floor = MIN_ACCURACY.get(routing, 0.85)
     assert accuracy > floor, f"{routing}: test accuracy {accuracy:.3f} after one epoch (chance 0.1)"
+
+
+# ------------------------------------------------------------------ inputs a routing needs
+@pytest.mark.parametrize("routing", ["em", "variational_bayes", "self_routing"])
+def test_missing_activations_name_the_routing_and_the_model(routing):
+    model = capslab.build_model(TINY_CAPSNET, capslab.DataInfo(1, 28, 28, 10), routing)
+    u = torch.rand(2, model.caps.in_caps, 8)
+    votes = capslab.compute_votes(u, model.caps.weight)
+    with pytest.raises(capslab.CapslabError, match=f"routing '{routing}' needs .*activations.*model 'capsnet'"):
+        model.caps.routing(votes, None, u)
+
+
+@pytest.mark.parametrize("activations", ["length", "sigmoid"])
+def test_capsnet_hands_its_routing_the_primary_activations(activations):
+    torch.manual_seed(0)
+    model = capslab.build_model({**TINY_CAPSNET, "activations": activations}, capslab.DataInfo(1, 28, 28, 10), "em")
+    seen = {}
+    model.caps.routing.register_forward_hook(lambda m, args, out: seen.update(args=args))
+    x = torch.rand(3, 1, 28, 28)
+    model(x)
+    votes, acts, poses = seen["args"]
+    u, a = model.primary(model.conv1(x).relu())
+    torch.testing.assert_close(poses, u)
+    torch.testing.assert_close(acts, a)
+    if activations == "length":
+        torch.testing.assert_close(acts, u.norm(dim=-1))
+    else:  # the learned head: one logistic unit per capsule type and position, not the pose length
+        assert not torch.allclose(acts, u.norm(dim=-1)) and ((acts > 0) & (acts < 1)).all()
+        assert model.primary.head is not None

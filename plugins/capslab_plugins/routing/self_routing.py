@@ -12,7 +12,8 @@ Inputs: the poses (B, I, D_in) and the activations (B, I) are required (a model 
 gets an error, not ones: with a_i = 1 every a_j starts at exactly 1/J and predictions tie). In the
 paper's model the activations are sigmoid(BatchNorm(conv)) heads (CapsNet: ``model.activations:
 sigmoid``) and the loss an NLL on log a_j (loss ``nll``). Since sum_j c_ij = 1, the a_j sum to 1 over the outputs and lie in [0, 1] (margin loss and
-NLL both apply). The poses are returned as is, as the official code (``squash_poses: true`` squashes
+NLL both apply). The routing networks read the poses at unit RMS per example (``pose_scale: rms``, the
+scale of SR-CapsNet's BatchNorm'd poses; ``raw``: as given). The poses are returned as is, as the official code (``squash_poses: true`` squashes
 them with the recipe's squash). The official divisions have no guard; we clamp the denominators at
 ``eps`` so all-zero activations give zeros, not NaN. Diagnostics (one pass): the coupling, its
 entropy, and as the logit-change analogue mean |W^r_i u_i + b^r_i|, the logits' departure from their
@@ -24,11 +25,16 @@ from pydantic import Field
 from torch import nn
 
 import capslab
+from capslab.routing.scale import VoteScale, normalize_votes
 from capslab.routing.trace import RoutingTrace
 
 
 class SelfRoutingParams(capslab.Params):
     squash_poses: bool = False
+    # "rms": the routing networks read each example's input poses divided by their RMS, the unit scale of
+    # SR-CapsNet's BatchNorm'd primary poses (bn_pose); "raw": as they come (CapsNet's squashed |u| ~ 0.1
+    # gives logits W^r u_i ten times smaller, and couplings that stay near uniform for many epochs)
+    pose_scale: VoteScale = "rms"
     eps: float = Field(1e-12, gt=0)  # floor of the denominators (the official module's eps constant)
 
 
@@ -47,7 +53,8 @@ class SelfRouting(capslab.Routing):
 
     def route(self, votes, activations, poses, iterations, diagnostics):
         eps = self.params.eps
-        logits = torch.einsum("bik,ikj->bij", poses, self.weight) + self.bias  # (B, I, J)
+        x, _ = normalize_votes(poses.unsqueeze(2), self.params.pose_scale)  # (B, I, 1, D_in)
+        logits = torch.einsum("bik,ikj->bij", x.squeeze(2), self.weight) + self.bias  # (B, I, J)
         c = logits.softmax(-1)  # (B, I, J): over the outputs
         ca = c * activations.unsqueeze(-1)  # (B, I, J): c_ij a_i
         ca_sum = ca.sum(1)  # (B, J)
