@@ -94,3 +94,42 @@ def test_cli_errors_exit_2_in_one_line(tmp_path):
     path = write(tmp_path, "base: quickstart\nvariants: [{routing: dynamc}]\n")
     res = CliRunner().invoke(app, ["compare", str(path), "--dry-run"])
     assert res.exit_code == 2 and "did you mean 'dynamic'" in res.output and "Traceback" not in res.output
+
+
+RECIPES = __import__("pathlib").Path(__file__).resolve().parents[1] / "recipes"
+
+
+def test_shared_backbone_comparison_changes_only_the_routing_over_three_seeds():
+    runs = load_compare(RECIPES / "compare" / "routing.yaml")
+    assert sorted({r.seed for r in runs}) == [0, 1, 2]
+    routings = {r.recipe.routing.name for r in runs}
+    assert routings == {"dynamic", "uniform", "random", "max_min", "inverted_dot_product", "self_routing",
+                        "variational_bayes", "em", "self_attention"}
+    rest = {json.dumps({k: v for k, v in r.recipe.to_dict().items() if k not in ("routing", "seed")}, sort_keys=True)
+            for r in runs}
+    assert len(rest) == 1, "variants differ beyond their routing"
+    model = runs[0].recipe.model.params
+    assert model["activations"] == "length"  # EM, VB and self-routing get the primary capsules' lengths
+
+
+def test_paper_setting_comparison_pairs_each_routing_with_its_papers_setup():
+    runs = {r.recipe.routing.name: r.recipe for r in load_compare(RECIPES / "compare" / "papers.yaml")}
+    assert set(runs) == {"dynamic", "max_min", "em", "self_attention", "inverted_dot_product", "self_routing",
+                         "variational_bayes"}
+    assert (runs["em"].model.name, runs["em"].loss.name) == ("matrix_capsnet", "spread")
+    assert (runs["self_attention"].model.name, runs["self_attention"].squash.name) == ("efficient_capsnet", "efficient")
+    assert (runs["inverted_dot_product"].routing.params["readout"], runs["inverted_dot_product"].loss.name) == (
+        "linear", "cross_entropy")
+    assert (runs["self_routing"].model.params["activations"], runs["self_routing"].loss.name) == ("sigmoid", "nll")
+    assert runs["variational_bayes"].loss.name == "cross_entropy"
+    assert runs["variational_bayes"].routing.params["batch_norm"] and runs["variational_bayes"].routing.params["pose_norm"]
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES.rglob("*.yaml")), ids=lambda p: str(p.relative_to(RECIPES)))
+def test_every_shipped_recipe_validates(path):
+    from capslab.recipe import load_recipe
+
+    if path.parent.name == "compare":
+        assert load_compare(path)
+    else:
+        load_recipe(path)

@@ -35,3 +35,10 @@ def test_ci_runs_the_readme_test_command():
     test_command = commands[1].strip()
     assert "pytest" in test_command
     assert test_command in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_recipe_snippets_are_the_files():
+    blocks = re.findall(r"<!-- recipe: (\S+) -->\n```yaml\n(.*?)```", README, re.S)
+    assert blocks, "the README shows the quickstart recipe"
+    for path, text in blocks:
+        assert text == (ROOT / path).read_text(), f"the README's copy of {path} differs from the file"

@@ -323,4 +323,4 @@ def test_em_no_nan_in_2000_steps_of_mnist5k():
 def test_em_recipe_one_epoch_of_mnist5k(tmp_path):
     losses, record = train_recipe(ROOT / "recipes/routing/em.yaml", tmp_path, ["train.epochs=1"])
     assert losses[-1] < 0.8 * losses[0], losses
-    assert record["test_accuracy"] > 0.3, record  # chance: 0.1; seen: 0.45 after one epoch
+    assert record["test_accuracy"] > 0.3, record  # chance: 0.1; seen: 0.525 after one epoch (recipe header)

@@ -412,3 +412,21 @@ def test_capsnet_hands_its_routing_the_primary_activations(activations):
     else:  # the learned head: one logistic unit per capsule type and position, not the pose length
         assert not torch.allclose(acts, u.norm(dim=-1)) and ((acts > 0) & (acts < 1)).all()
         assert model.primary.head is not None
+
+
+@pytest.mark.parametrize("bad", ["poses", "activations"])
+def test_a_result_of_the_wrong_shape_is_one_error_naming_the_routing(bad):
+    class Transposed(capslab.Routing):
+        name = "transposed"
+
+        def route(self, votes, activations, poses, iterations, diagnostics):
+            v = votes.mean(1)  # (B, J, D)
+            a = v.norm(dim=-1)  # (B, J)
+            if bad == "poses":
+                return capslab.RoutingResult(v.transpose(1, 2), a)  # (B, D, J)
+            return capslab.RoutingResult(v, a.unsqueeze(-1))  # (B, J, 1)
+
+    r = Transposed(SPEC).double()
+    votes, acts, poses, *_ = inputs()
+    with pytest.raises(capslab.CapslabError, match=f"routing 'transposed' returned {bad} of shape"):
+        r(votes, acts, poses)

@@ -143,6 +143,7 @@ def _routing(model, data: Split, dev, iterations: int | None, batch_size: int, c
         "checkpoint": str(ckpt_dir), "routing": layer.name, "trained_iterations": report.trained_iterations,
         "examples": len(data), "logit_change": longest[rt.STATS[0]],
         **{key.removeprefix("routing_"): longest.get(key, []) for key in rt.CONVERGENCE},
-        "paper_statistic": rt.PAPER_STAT.removeprefix("routing_"), "falls_every_iteration": rt.falls_every_iteration(paper),
+        "paper_statistic": rt.PAPER_STAT.removeprefix("routing_"),
+        "falls_every_iteration": rt.falls_every_iteration(paper),
         "by_iterations": report.sweep}, indent=1) + "\n", encoding="utf-8")
     report.written.append(numbers)

@@ -35,7 +35,7 @@ unless the routing asks for another storage through ``votes_layout`` / ``votes_l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -52,11 +52,11 @@ class RoutingSpec:
     out_caps: int  # J
     pose_dim: int  # D, the vote / output pose size
     in_pose_dim: int | None = None  # D_in, input pose size (self-routing needs it)
-    layer: str = "class"  # "class": the class capsules (the model's last layer); "hidden": a capsule layer below
+    layer: Literal["class", "hidden"] = "class"  # the class capsules (the model's last layer) or a capsule layer below
 
 
 # Per-iteration convergence statistics a RoutingResult may carry (diagnostics only); see capslab.routing.trace.
-CONVERGENCE = ("logit_change", "entropy", "logit_change2", "coupling_change", "pose_change")
+ITERATION_STATS = ("logit_change", "entropy", "logit_change2", "coupling_change", "pose_change")
 
 
 @dataclass
@@ -76,9 +76,10 @@ class RoutingResult:
         """Attach the diagnostics: coupling (B, I, J), and per iteration the mean |change of the logits| and
         the mean coupling entropy (scalars, one each per iteration); ``convergence`` optionally holds the
         lists ``logit_change2``, ``coupling_change`` and ``pose_change`` (capslab.routing.trace fills them)."""
-        unknown = set(convergence) - set(CONVERGENCE)
+        unknown = set(convergence) - set(ITERATION_STATS[2:])
         if unknown:
-            raise TypeError(f"with_diagnostics: unknown statistics {sorted(unknown)}; known: {', '.join(CONVERGENCE)}")
+            known = ", ".join(ITERATION_STATS[2:])
+            raise TypeError(f"with_diagnostics: unknown statistics {sorted(unknown)}; known: {known}")
         self.coupling = coupling.detach()
         self.logit_change = stack_stats(logit_change)
         self.entropy = stack_stats(entropy)
@@ -140,7 +141,18 @@ class Routing(Component, nn.Module):
                                     (self.needs_poses, poses, "poses (B, I, D_in)")):
             if needed and given is None:
                 raise MissingRoutingInput(self, what)
-        return self.route(votes, activations, poses, iterations or self.iterations, diagnostics)
+        return self.checked(self.route(votes, activations, poses, iterations or self.iterations, diagnostics), B)
+
+    def checked(self, result: RoutingResult, batch: int) -> RoutingResult:
+        """``result`` if its poses are (B, J, D) and its activations (B, J); else one error naming the routing
+        (a transposed result would otherwise train silently, or fail deep inside a loss)."""
+        s = self.spec
+        for what, t, want in (("poses", result.poses, (batch, s.out_caps, s.pose_dim)),
+                              ("activations", result.activations, (batch, s.out_caps))):
+            if tuple(t.shape) != want:
+                raise CapslabError(f"routing {self.name!r} returned {what} of shape {tuple(t.shape)}; the contract "
+                                   f"is {want} (B, J{', D' if what == 'poses' else ''}): see capslab.RoutingResult")
+        return result
 
     def route(
         self, votes: Tensor, activations: Tensor | None, poses: Tensor | None, iterations: int, diagnostics: bool

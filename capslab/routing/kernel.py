@@ -40,7 +40,15 @@ def available() -> bool:
 
 @functools.cache
 def loops():
-    """The compiled loops, imported on first use: numba adds ~55 MB to a process that never routes here."""
+    """The compiled loops, imported on first use: numba adds ~55 MB to a process that never routes here.
+
+    numba's thread pool is sized once, when numba is first imported: to torch's thread count (unless
+    NUMBA_NUM_THREADS is set), not to every core. A pool larger than the threads used makes idle pool
+    threads compete with other processes on the machine: two comparison runs of one thread each ran the
+    CapsNet step 2-5x slower, the kernel and the operator path alike (docs/performance.md)."""
+    import os
+
+    os.environ.setdefault("NUMBA_NUM_THREADS", str(torch.get_num_threads()))
     from capslab.routing import kernel_loops
 
     return kernel_loops

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from capslab.routing.base import RoutingResult, coupling_entropy
+from capslab.routing.base import ITERATION_STATS, RoutingResult, coupling_entropy
 
 
 class RoutingTrace:
@@ -31,8 +31,7 @@ class RoutingTrace:
 
     def __init__(self, coupling_dim: int = 1):
         self.dim = coupling_dim  # the outputs' axis of the couplings fed to ``record``
-        self.stats: dict[str, list[Tensor]] = {k: [] for k in ("logit_change", "entropy", "logit_change2",
-                                                                 "coupling_change", "pose_change")}
+        self.stats: dict[str, list[Tensor]] = {k: [] for k in ITERATION_STATS}
         self.coupling: Tensor | None = None
         self._poses: Tensor | None = None
         self._update: Tensor | None = None
@@ -54,6 +53,5 @@ class RoutingTrace:
 
     def attach(self, result: RoutingResult, coupling_bij: Tensor) -> RoutingResult:
         """The statistics onto ``result``, with the final coupling as (B, I, J)."""
-        s = self.stats
-        return result.with_diagnostics(coupling_bij, s["logit_change"], s["entropy"], logit_change2=s["logit_change2"],
-                                       coupling_change=s["coupling_change"], pose_change=s["pose_change"])
+        s = dict(self.stats)
+        return result.with_diagnostics(coupling_bij, s.pop("logit_change"), s.pop("entropy"), **s)

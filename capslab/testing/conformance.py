@@ -350,7 +350,20 @@ CHECKS: dict[str, list[Check]] = {
 
 
 def cases(kinds=tuple(CHECKS), names: list[str] | None = None) -> Iterator[tuple[str, str, Check]]:
-    """(kind, name, check) for every registered component (or only ``names``), for parametrize."""
+    """(kind, name, check) for every registered component (or only ``names``), for parametrize.
+
+    A name in ``names`` that no plugin registered raises (a plugin whose hook lacks ``@capslab.hookimpl``
+    registers nothing: its own conformance tests must fail, not run zero cases)."""
+    if names is not None:
+        known = {entry.name for kind in kinds for entry in registry(kind)}
+        missing = [n for n in names if n not in known]
+        if missing:
+            from capslab.errors import UnknownNameError
+
+            unknown = UnknownNameError(" / ".join(kinds), missing[0], known)
+            raise LookupError(f"capslab.testing.cases: {unknown}. A plugin's components are registered once it "
+                              "is installed and its register_* hook is decorated with @capslab.hookimpl "
+                              "(`capslab plugins` lists what is registered)")
     for kind in kinds:
         for entry in registry(kind):
             if names is None or entry.name in names:

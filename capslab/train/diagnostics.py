@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from capslab.routing.base import CONVERGENCE, RoutingResult
+from capslab.routing.base import ITERATION_STATS, RoutingResult
 
 
 class RoutingStats:
@@ -33,7 +33,7 @@ class RoutingStats:
             return
         b = scores.shape[0]
         self.n += b
-        for key in CONVERGENCE:
+        for key in ITERATION_STATS:
             value = getattr(routing, key)
             if value is not None and value.numel():
                 value = value.detach().float().cpu() * b
@@ -47,6 +47,6 @@ class RoutingStats:
         if self.n == 0:
             return {}
         out: dict[str, object] = {f"routing_{key}": [round(float(v) / self.n, 8) for v in self.sums[key]]
-                                  for key in CONVERGENCE if key in self.sums}
+                                  for key in ITERATION_STATS if key in self.sums}
         out["routing_to_prediction"] = round(self.to_prediction / self.n, 6)
         return out

@@ -19,15 +19,15 @@ Two presets (``preset``; any key set beside it wins):
 
 - ``paper`` (default): the equations above, log sigma in the cost, mu without momentum, beta_a unscaled,
   one final_lambda for every layer.
-- ``official``: the constants of the official code's routing loop: mu = 0.9 mu_new + 0.1 mu_old
-  (mu_0 = 0); beta_a multiplied by 5000 in the logit (so its effective learning rate is 5000x); the
-  cost uses log sigma^2 (``cost: log_variance``) instead of log sigma; the class-capsule layer routes with
-  a quarter of the final inverse temperature (``class_lambda_factor: 0.25``). These were transcribed
-  from the survey of the official code (``../shared/reference/routing-survey.md``, marked read there) and
-  the project's issue 10; the session that wrote this preset had no code-search tool, so file lines are
-  not cited and the initial values of beta_a / beta_u (here 0) are not the official ones. The official
-  code also normalises R of an input capsule over every conv window it falls in (conv-capsule layers);
-  capslab's matrix_capsnet routes each window independently (capslab_plugins.models.matrix_capsnet).
+- ``official``: the official code's constants: mu = 0.9 mu_new + 0.1 mu_old (mu_0 = 0); beta_a multiplied
+  by 5000 in the logit (its effective learning rate 5000x); the cost on log sigma^2 (``cost:
+  log_variance``) instead of log sigma; the class-capsule layer routing with a quarter of the final
+  inverse temperature (``class_lambda_factor: 0.25``; capslab.RoutingSpec.layer tells the layers apart).
+  Sources: the first two and the schedule, floor and log-domain E-step as recorded from
+  ``em_layers.py`` in capslab's routing survey; the last two as recorded in the project's tracker (issue
+  10). No file line is cited: the session that wrote this had no code search, and the official initial
+  values of beta_a / beta_u (0 here) are unchecked. The official code also normalises R of an input
+  capsule over every conv window it falls in; capslab's matrix_capsnet routes each window on its own.
 
 Vote scale (``vote_scale``, capslab.routing.scale): ``rms`` (default) routes on each example's votes
 divided by their RMS, so the variance floor, the inverse temperature and the costs are relative to the

@@ -11,12 +11,13 @@ iterations):
 Inputs: the poses (B, I, D_in) and the activations (B, I) are required (a model without activations
 gets an error, not ones: with a_i = 1 every a_j starts at exactly 1/J and predictions tie). In the
 paper's model the activations are sigmoid(BatchNorm(conv)) heads (CapsNet: ``model.activations:
-sigmoid``) and the loss an NLL on log a_j (loss ``nll``). Since sum_j c_ij = 1, the a_j sum to 1 over the outputs and lie in [0, 1] (margin loss and
-NLL both apply). The routing networks read the poses at unit RMS per example (``pose_scale: rms``, the
-scale of SR-CapsNet's BatchNorm'd poses; ``raw``: as given). The poses are returned as is, as the official code (``squash_poses: true`` squashes
-them with the recipe's squash). The official divisions have no guard; we clamp the denominators at
-``eps`` so all-zero activations give zeros, not NaN. Diagnostics (one pass): the coupling, its
-entropy, and as the logit-change analogue mean |W^r_i u_i + b^r_i|, the logits' departure from their
+sigmoid``) and the loss an NLL on log a_j (loss ``nll``). Since sum_j c_ij = 1, the a_j sum to 1 over
+the outputs and lie in [0, 1] (margin loss and NLL both apply). The routing networks read the poses at
+unit RMS per example (``pose_scale: rms``, the scale of SR-CapsNet's BatchNorm'd poses; ``raw``: as
+given). The poses are returned as is, as the official code (``squash_poses: true`` squashes them with
+the recipe's squash). The official divisions have no guard; we clamp the denominators at ``eps`` so
+all-zero activations give zeros, not NaN. Diagnostics (one pass): the coupling, its entropy, and as the
+logit-change analogue mean |W^r_i u_i + b^r_i|, the logits' departure from their
 zero initialisation (uniform coupling).
 """
 
