@@ -56,7 +56,7 @@ def test_every_figure_is_written_and_shows_something(figures):
     perturbations = sorted(out.glob("perturbations_test*_capsule*.png"))
     assert len(perturbations) == 10  # the first test digit of each class (32 interleaved digits hold all 10)
     for png in [out / "reconstructions.png", out / "routing_training.png", out / "routing_iterations.png",
-                *perturbations]:
+                out / "routing_convergence.png", out / "routing_convergence_training.png", *perturbations]:
         pixels = imread(png)
         assert pixels.shape[0] > 100 and pixels.shape[1] > 100, png
         assert pixels[..., :3].std() > 0.01, png  # not a blank canvas
@@ -75,11 +75,21 @@ def test_routing_sweep_reports_k_iterations_for_each_k(figures, capsnet_run):
         assert r["routing_logit_change"] == pytest.approx(longest[:r["iterations"]], rel=1e-4)
         assert all(v > 0 for v in r["routing_logit_change"])
     assert numbers["examples"] == 32  # the run's train.limit_test
-    assert numbers["falls_every_iteration"] == all(a > b for a, b in zip(longest, longest[1:]))
-    assert "mean |Δb|" in output
+    # the statistics that vanish at convergence: one per iteration from the second on; the paper's is the
+    # second difference of b, which for dynamic routing is |u_hat . (v^(r) - v^(r-1))| <= |u_hat| ||delta v||
+    assert numbers["paper_statistic"] == "logit_change2"
+    for key in ("logit_change2", "coupling_change", "pose_change"):
+        assert len(numbers[key]) == 3 and all(v > 0 for v in numbers[key]), key
+        assert numbers[key] == rows[-1][f"routing_{key}"]
+    second = numbers["logit_change2"]
+    # mean |x - y| >= |mean |x| - mean |y||: the second difference bounds the change of mean |delta b| from below
+    assert all(d >= abs(b - a) - 1e-6 for d, a, b in zip(second, longest, longest[1:]))
+    assert numbers["falls_every_iteration"] == all(a > b for a, b in zip(second, second[1:]))
+    assert "mean |Δb|" in output and "the paper's Fig. A.1" in output
     # the training figure reads the trainer's diagnostics: 3 iterations per evaluation
     evals = [r for r in read_metrics(capsnet_run / "metrics.jsonl") if r["kind"] == "eval"]
     assert [len(r["routing_logit_change"]) for r in evals] == [3]
+    assert [len(r["routing_logit_change2"]) for r in evals] == [len(r["routing_pose_change"]) for r in evals] == [2]
 
 
 def test_routing_iterations_passes_k_to_every_routing_and_restores_it():

@@ -97,8 +97,7 @@ LABELS = {"routing_logit_change": "mean |b^(r+1) - b^(r)|", "routing_logit_chang
           "routing_coupling_change": "mean |c^(r) - c^(r-1)|", "routing_pose_change": "mean ||v^(r) - v^(r-1)||"}
 
 
-def plot_convergence(curves: list[list[dict[str, Any]]] | list[dict[str, Any]], labels: list[str], path: Path,
-                     title: str) -> Path:
+def plot_convergence(curves: list[dict[str, Any]], labels: list[str], path: Path, title: str) -> Path:
     """One column per statistic (|Δb| and the three that vanish at convergence), value vs routing iteration,
     linear (top) and log (bottom) y; one line per entry of ``curves`` (an evaluation over training, or a
     number of inference iterations), coloured from early (light) to late (dark)."""
@@ -121,9 +120,7 @@ def plot_convergence(curves: list[list[dict[str, Any]]] | list[dict[str, Any]], 
         for r, ax in enumerate(axes[:, col]):
             ax.set(xlabel="routing iteration r", ylabel=LABELS[key] + paper if r == 0 else "log scale")
             _integer_x(ax)
-        values = [v for row in curves for v in row.get(key, [])]
-        if values and all(v > 0 for v in values):
-            axes[1, col].set_yscale("log")
+        _log_if_positive(axes[1, col], [v for row in curves for v in row.get(key, [])])
         axes[0, col].set_title(LABELS[key] + paper, fontsize=9)
     handles, names = axes[0, 0].get_legend_handles_labels()
     if len(names) > 8:  # keep the legend readable: first, a few in between, last
