@@ -141,9 +141,9 @@ class Routing(Component, nn.Module):
                                     (self.needs_poses, poses, "poses (B, I, D_in)")):
             if needed and given is None:
                 raise MissingRoutingInput(self, what)
-        return self.checked(self.route(votes, activations, poses, iterations or self.iterations, diagnostics), B)
+        return self._checked(self.route(votes, activations, poses, iterations or self.iterations, diagnostics), B)
 
-    def checked(self, result: RoutingResult, batch: int) -> RoutingResult:
+    def _checked(self, result: RoutingResult, batch: int) -> RoutingResult:
         """``result`` if its poses are (B, J, D) and its activations (B, J); else one error naming the routing
         (a transposed result would otherwise train silently, or fail deep inside a loss)."""
         s = self.spec
