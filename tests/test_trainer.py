@@ -169,3 +169,33 @@ def test_learning_rate_schedules():
     assert lr_at(0, 1.0, cos, 100) == pytest.approx(0.1)  # warm-up: (0 + 1) / 10
     assert lr_at(50, 1.0, cos, 100) == pytest.approx(0.5) and lr_at(100, 1.0, cos, 100) == pytest.approx(0.0)
     assert lr_at(12345, 0.3, SchedulerConfig(name="none"), 100) == 0.3
+
+
+def test_diagnostics_from_a_routing_that_reports_none_warn_once_and_log_nothing():
+    import warnings
+
+    import capslab
+    from capslab.data.base import Split
+    from capslab.train.diagnostics import RoutingStats
+    from capslab.train.evaluate import evaluate
+
+    class Quiet(capslab.Routing):  # returns no diagnostics, even when asked
+        name = "quiet_for_test"
+
+        def route(self, votes, activations, poses, iterations, diagnostics):
+            v = votes.mean(1)
+            return capslab.RoutingResult(v, v.norm(dim=-1).clamp(max=1))
+
+    model = capslab.build_model({"name": "capsnet", "conv_channels": 4, "primary_types": 2, "decoder": False},
+                                capslab.DataInfo(1, 28, 28, 10))
+    spec = model.caps.routing.spec
+    model.caps.routing = Quiet(spec)
+    data = Split(torch.randint(0, 255, (6, 1, 28, 28), dtype=torch.uint8), torch.arange(6) % 10)
+    RoutingStats.warned.discard("quiet_for_test")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = evaluate(model, data, device=torch.device("cpu"), batch_size=3, diagnostics=True)
+        evaluate(model, data, device=torch.device("cpu"), batch_size=3, diagnostics=True)
+    assert not any(k.startswith("routing_") for k in first), first  # no misleading routing_to_prediction: 0.0
+    messages = [str(w.message) for w in caught if "quiet_for_test" in str(w.message)]
+    assert len(messages) == 1 and "returned no diagnostics" in messages[0]

@@ -15,6 +15,8 @@ defined in capslab.routing.trace):
 
 from __future__ import annotations
 
+import warnings
+
 from torch import Tensor
 
 from capslab.routing.base import ITERATION_STATS, RoutingResult
@@ -23,8 +25,12 @@ from capslab.routing.base import ITERATION_STATS, RoutingResult
 class RoutingStats:
     """Batch-size-weighted means of the diagnostics over an evaluation."""
 
+    warned: set[str] = set()  # routings already warned about (once per process)
+
     def __init__(self) -> None:
         self.n = 0
+        self.n_coupling = 0  # examples whose routing reported a coupling
+        self.silent: str | None = None  # a routing that was asked for diagnostics and reported none
         self.sums: dict[str, Tensor] = {}  # statistic -> (iterations,) sums
         self.to_prediction = 0.0
 
@@ -33,12 +39,15 @@ class RoutingStats:
             return
         b = scores.shape[0]
         self.n += b
+        if routing.coupling is None and routing.logit_change is None and routing.entropy is None:
+            self.silent = "the model's routing"
         for key in ITERATION_STATS:
             value = getattr(routing, key)
             if value is not None and value.numel():
                 value = value.detach().float().cpu() * b
                 self.sums[key] = value if key not in self.sums else self.sums[key] + value
         if routing.coupling is not None:
+            self.n_coupling += b
             strongest = routing.coupling.argmax(-1)  # (B, I): the output each input capsule feeds most
             pred = scores.argmax(1, keepdim=True)  # (B, 1)
             self.to_prediction += float((strongest == pred).float().mean(1).sum())
@@ -48,5 +57,14 @@ class RoutingStats:
             return {}
         out: dict[str, object] = {f"routing_{key}": [round(float(v) / self.n, 8) for v in self.sums[key]]
                                   for key in ITERATION_STATS if key in self.sums}
-        out["routing_to_prediction"] = round(self.to_prediction / self.n, 6)
+        if self.n_coupling:  # never a misleading 0.0 for a routing that reports no coupling
+            out["routing_to_prediction"] = round(self.to_prediction / self.n_coupling, 6)
         return out
+
+    def warn_if_silent(self, routing_name: str) -> None:
+        """One warning per routing and process when diagnostics were asked for and the routing gave none."""
+        if self.silent and not self.sums and not self.n_coupling and routing_name not in RoutingStats.warned:
+            RoutingStats.warned.add(routing_name)
+            warnings.warn(f"diagnostics: true, but routing {routing_name!r} returned no diagnostics (coupling, "
+                          "logit change, entropy): nothing is logged for it; see "
+                          "capslab.RoutingResult.with_diagnostics", stacklevel=2)

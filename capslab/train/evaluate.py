@@ -51,6 +51,12 @@ def evaluate(model: nn.Module, data: Split, *, device: torch.device, batch_size:
             stats.add(out.routing, scores)
         n += len(targets)
     model.train(was_training)
+    if diagnostics:
+        from capslab.routing.base import Routing
+
+        names = [m.name for m in model.modules() if isinstance(m, Routing)]
+        if names:
+            stats.warn_if_silent(names[-1])
     result: dict[str, Any] = {"examples": n, "accuracy": hits / max(n, 1), "error": 1 - hits / max(n, 1)}
     if loss_fn is not None:
         result["loss"] = loss_sum / max(n, 1)
