@@ -73,7 +73,8 @@ def test_run_dir_holds_recipe_metrics_figure_and_last_n_checkpoints(straight):
     assert steps == ["latest", "step-00000009", "step-00000012"]  # keep: 2
     assert (straight / "checkpoints" / "latest").read_text().strip() == "step-00000012"
     records = read_metrics(straight / "metrics.jsonl")
-    assert [r["step"] for r in records if r["kind"] == "train"] == [2, 4, 6, 8, 10, 12]
+    # every log_every (2) steps, and at the end of each 3-step epoch (a window never spans two epochs)
+    assert [r["step"] for r in records if r["kind"] == "train"] == [2, 3, 4, 6, 8, 9, 10, 12]
     assert [r["epoch"] for r in records if r["kind"] == "eval"] == [1, 2, 3, 4]
     assert records[-1]["lr"] == pytest.approx(1e-3 * 0.5 ** (11 / 4))  # the lr of step 12 (0-based 11)
 
@@ -199,3 +200,10 @@ def test_diagnostics_from_a_routing_that_reports_none_warn_once_and_log_nothing(
     assert not any(k.startswith("routing_") for k in first), first  # no misleading routing_to_prediction: 0.0
     messages = [str(w.message) for w in caught if "quiet_for_test" in str(w.message)]
     assert len(messages) == 1 and "returned no diagnostics" in messages[0]
+
+
+def test_a_run_shorter_than_log_every_still_logs_each_epoch(tmp_path):
+    train(tiny(epochs=2, log_every=1000), tmp_path)  # 3 steps per epoch
+    trains = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "train"]
+    assert [r["step"] for r in trains] == [3, 6]  # one record at each epoch's end
+    assert all(math.isfinite(r["loss"]) for r in trains)

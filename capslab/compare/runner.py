@@ -66,7 +66,8 @@ def run_compare(runs: list[PlannedRun], out_dir: Path, jobs: int = 1, console: C
         curves = {run.variant: [(r["step"], r["loss"]) for r in read_metrics(dirs[run.key] / "metrics.jsonl")
                                 if r.get("kind") == "train"]
                   for run in runs if run.seed == runs[0].seed and (dirs[run.key] / SUMMARY).exists()}
-        paths["curves_png"] = plot_curves(curves, out_dir / "training_curves.png")
+        if any(curves.values()):  # never an empty plot
+            paths["curves_png"] = plot_curves(curves, out_dir / "training_curves.png")
     if failed:
         raise CapslabError(f"{len(failed)} of {len(runs)} runs failed ({', '.join(failed)}); fix and rerun the same "
                            f"command to resume, finished runs are skipped")

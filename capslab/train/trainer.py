@@ -73,6 +73,13 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: Path | None = None,
     if counters.epoch >= cfg.epochs:
         console.print(f"already trained {counters.epoch} epochs; raise train.epochs to continue")
     record: dict[str, Any] = {}
+
+    def log_window(window: Meter, lr: float, ips: float, epoch: float) -> Meter:
+        """One train record of the steps since the last one; returns a fresh window."""
+        log.write({"kind": "train", "step": counters.step, "lr": lr, "loss": window.loss, "accuracy": window.accuracy,
+                   "img_per_s": round(ips, 1), "epoch": round(epoch, 4)})
+        return Meter()
+
     with make_progress(console) as progress:
         task = progress.add_task("train", total=total_steps, completed=counters.step,
                                  epoch=f"{counters.epoch + 1}/{cfg.epochs}", loss=0.0, acc=0.0, ips=0.0)
@@ -100,10 +107,9 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: Path | None = None,
                 ips = epoch_meter.n / (time.perf_counter() - t0)
                 progress.update(task, advance=1, loss=epoch_meter.loss, acc=epoch_meter.accuracy, ips=ips)
                 if counters.step % cfg.log_every == 0:
-                    log.write({"kind": "train", "step": counters.step, "lr": lr, "loss": window.loss,
-                               "accuracy": window.accuracy, "img_per_s": round(ips, 1),
-                               "epoch": round(epoch + epoch_meter.n / len(train_set), 4)})
-                    window = Meter()
+                    window = log_window(window, lr, ips, epoch + epoch_meter.n / len(train_set))
+            if window.n:  # at least one train record per epoch, however large log_every is
+                window = log_window(window, lr, ips, epoch + epoch_meter.n / len(train_set))
             train_s = time.perf_counter() - t0
 
             # evaluate on the held-out split, then record, draw and checkpoint
