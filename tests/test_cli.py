@@ -130,3 +130,11 @@ def test_capslab_debug_lets_the_traceback_through(bad_recipe, monkeypatch):
     monkeypatch.setenv("CAPSLAB_DEBUG", "1")
     result = run("validate", bad_recipe)
     assert result.exit_code == 1 and type(result.exception).__name__ == "RecipeError"
+
+
+def test_tables_wrap_on_a_narrow_terminal_instead_of_cutting_values():
+    result = CliRunner().invoke(app, ["plugins"], env={"COLUMNS": "44"})
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.output
+    cells = "".join(line.split("│")[2].strip() for line in result.output.splitlines() if line.count("│") >= 4)
+    assert "inverted_dot_product" in cells and "variational_bayes" in cells  # every name whole, folded over lines

@@ -39,7 +39,7 @@ def compare(
     rows = aggregate(json.loads(paths["json"].read_text())["runs"])
     table = Table(title=f"capslab compare {recipe}")
     for col in ["variant", "seeds"] + [title for _, title, _ in METRICS]:
-        table.add_column(col, justify="left" if col == "variant" else "right")
+        table.add_column(col, justify="left" if col == "variant" else "right", overflow="fold")  # wrap, never cut
     for row in rows:
         table.add_row(row.variant, str(len(row.seeds)), *[row.cell(k, f) for k, _, f in METRICS])
     out.print(table)

@@ -47,7 +47,7 @@ def figures(
     if report.sweep:
         table = Table(title=f"routing on the test set, by iterations (trained with {report.trained_iterations})")
         for column in ("iterations", "test acc", "mean |Δb| per iteration", "coupling entropy per iteration"):
-            table.add_column(column, justify="right")
+            table.add_column(column, justify="right", overflow="fold")
         for row in report.sweep:
             table.add_row(str(row["iterations"]), f"{row['accuracy']:.2%}",
                           " ".join(f"{v:.3g}" for v in row.get(STATS[0], [])),

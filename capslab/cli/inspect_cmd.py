@@ -46,7 +46,7 @@ def inspect(
     if history:
         table = Table(title=f"evaluations in {run_dir / 'metrics.jsonl'}")
         for column in ("epoch", "step", "train acc", "test acc", "test error", "img/s"):
-            table.add_column(column, justify="right")
+            table.add_column(column, justify="right", overflow="fold")
         for r in history:
             table.add_row(str(r["epoch"]), str(r["step"]), f"{r['train_accuracy']:.2%}", f"{r['test_accuracy']:.2%}",
                           f"{r['test_error']:.2%}", f"{r['img_per_s']:.0f}")
@@ -59,7 +59,7 @@ def inspect(
 
     table = Table(title=f"tensors (first {min(tensors, len(weights))} of {len(weights)})")
     for column in ("name", "shape", "dtype", "numel", "mean", "std"):
-        table.add_column(column, justify="left" if column == "name" else "right")
+        table.add_column(column, justify="left" if column == "name" else "right", overflow="fold")
     for name, t in list(weights.items())[:tensors]:
         f = t.float()
         std = f"{float(f.std()):.4g}" if t.numel() > 1 else "-"

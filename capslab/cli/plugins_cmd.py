@@ -16,7 +16,7 @@ def plugins() -> None:
     """List the routings, squashes, losses, datasets and models that installed plugins register."""
     table = Table(title="capslab plugins")
     for column in ("kind", "name", "plugin", "version"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # wrap on narrow terminals, never cut a value
     loaded = get_plugins()
     for kind in KINDS.values():
         for e in loaded.registry(kind):
