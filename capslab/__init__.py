@@ -14,8 +14,8 @@ from capslab.losses import Loss, ReconstructionParams, multi_hot, reconstruction
 from capslab.models import BuildContext, Model, ModelOutput
 from capslab.params import Component, Params
 from capslab.plugin import impl, registry
-from capslab.routing import (AggregationParams, AgreementParams, AgreementRouting, Routing, RoutingResult, RoutingSpec,
-                             coupling_entropy, stack_stats)
+from capslab.routing import (AggregationParams, AgreementParams, AgreementRouting, MissingRoutingInput, Routing,
+                             RoutingResult, RoutingSpec, RoutingTrace, coupling_entropy, stack_stats)
 from capslab.squash import Squash, SquashParams, safe_norm
 
 hookimpl = impl  # plugins write @capslab.hookimpl
@@ -29,7 +29,8 @@ __all__ = [
     "AggregationParams", "AgreementParams", "AgreementRouting",
     "BuildContext", "CapslabError", "CheckpointError", "ClassCapsules", "Component", "DataError", "DataInfo",
     "Dataset", "DatasetParams", "Loss", "MaskedDecoder", "Model", "ModelOutput", "Params", "PluginError",
-    "PrimaryCapsules", "ReconstructionParams", "Routing", "RoutingResult", "RoutingSpec", "Split", "Squash",
+    "MissingRoutingInput", "PrimaryCapsules", "ReconstructionParams", "Routing", "RoutingResult", "RoutingSpec",
+    "RoutingTrace", "Split", "Squash",
     "SquashParams", "UnknownNameError", "build", "build_dataset", "build_loss", "build_model", "build_routing",
     "build_squash", "compute_votes", "coupling_entropy", "hookimpl", "impl", "multi_hot", "reconstruction_loss",
     "registry", "safe_norm", "stack_stats",

@@ -1,7 +1,8 @@
 from capslab.routing.agreement import AggregationParams, AgreementParams, AgreementRouting
-from capslab.routing.base import Routing, RoutingResult, RoutingSpec, coupling_entropy, stack_stats
+from capslab.routing.base import MissingRoutingInput, Routing, RoutingResult, RoutingSpec, coupling_entropy, stack_stats
+from capslab.routing.trace import RoutingTrace
 
 __all__ = [
-    "AggregationParams", "AgreementParams", "AgreementRouting", "Routing", "RoutingResult", "RoutingSpec",
-    "coupling_entropy", "stack_stats",
+    "AggregationParams", "AgreementParams", "AgreementRouting", "MissingRoutingInput", "Routing", "RoutingResult",
+    "RoutingSpec", "RoutingTrace", "coupling_entropy", "stack_stats",
 ]

@@ -157,6 +157,22 @@ class Routing(Component, nn.Module):
     def route(
         self, votes: Tensor, activations: Tensor | None, poses: Tensor | None, iterations: int, diagnostics: bool
     ) -> RoutingResult:
+        """The routing algorithm: what a plugin implements.
+
+        - ``votes`` (B, I, J, D): u_hat_{j|i}, possibly a non-contiguous view (module doc).
+        - ``activations`` (B, I) in [0, 1] and ``poses`` (B, I, D_in): the input capsules' activations and
+          poses, as the model has them; never None when the class declares ``needs_activations`` /
+          ``needs_poses`` (``forward`` raises before calling ``route``), otherwise possibly None.
+        - ``iterations``: the recipe's ``routing.iterations`` (or ``forward``'s override); ignore it for
+          one-pass routings.
+        - ``diagnostics``: when True, attach the final coupling (B, I, J) and per-iteration statistics, most
+          simply by feeding :class:`capslab.RoutingTrace` once per iteration and calling its
+          ``attach``, or with :meth:`RoutingResult.with_diagnostics`.
+
+        Return poses (B, J, D) and activations (B, J) (``forward`` checks the shapes). Learned parameters are
+        ordinary ``nn.Parameter`` attributes created in ``__init__`` from ``self.spec`` (I, J, D, D_in) and
+        ``self.params``; they train and checkpoint with the model. ``capslab.testing`` lists what the
+        conformance suite checks of every routing."""
         raise NotImplementedError
 
     def extra_repr(self) -> str:
