@@ -32,7 +32,7 @@ class RoutingTrace:
     def __init__(self, coupling_dim: int = 1):
         self.dim = coupling_dim  # the outputs' axis of the couplings fed to ``record``
         self.stats: dict[str, list[Tensor]] = {k: [] for k in ITERATION_STATS}
-        self.coupling: Tensor | None = None
+        self._coupling: Tensor | None = None
         self._poses: Tensor | None = None
         self._update: Tensor | None = None
 
@@ -40,8 +40,8 @@ class RoutingTrace:
         """coupling normalised over ``coupling_dim``, poses (B, J, D), update b^(r+1) - b^(r) (any shape)."""
         c, v = coupling.detach(), poses.detach()
         self.stats["entropy"].append(coupling_entropy(c, dim=self.dim))
-        if self.coupling is not None:
-            self.stats["coupling_change"].append((c - self.coupling).abs().mean())
+        if self._coupling is not None:
+            self.stats["coupling_change"].append((c - self._coupling).abs().mean())
             self.stats["pose_change"].append((v - self._poses).norm(dim=-1).mean())
         if update is not None:
             d = update.detach()
@@ -49,7 +49,7 @@ class RoutingTrace:
             if self._update is not None:
                 self.stats["logit_change2"].append((d - self._update).abs().mean())
             self._update = d
-        self.coupling, self._poses = c, v
+        self._coupling, self._poses = c, v
 
     def attach(self, result: RoutingResult, coupling_bij: Tensor) -> RoutingResult:
         """The statistics onto ``result``, with the final coupling as (B, I, J)."""

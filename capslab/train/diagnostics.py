@@ -30,7 +30,6 @@ class RoutingStats:
     def __init__(self) -> None:
         self.n = 0
         self.n_coupling = 0  # examples whose routing reported a coupling
-        self.silent: str | None = None  # a routing that was asked for diagnostics and reported none
         self.sums: dict[str, Tensor] = {}  # statistic -> (iterations,) sums
         self.to_prediction = 0.0
 
@@ -39,8 +38,6 @@ class RoutingStats:
             return
         b = scores.shape[0]
         self.n += b
-        if routing.coupling is None and routing.logit_change is None and routing.entropy is None:
-            self.silent = "the model's routing"
         for key in ITERATION_STATS:
             value = getattr(routing, key)
             if value is not None and value.numel():
@@ -63,7 +60,7 @@ class RoutingStats:
 
     def warn_if_silent(self, routing_name: str) -> None:
         """One warning per routing and process when diagnostics were asked for and the routing gave none."""
-        if self.silent and not self.sums and not self.n_coupling and routing_name not in RoutingStats.warned:
+        if self.n and not self.sums and not self.n_coupling and routing_name not in RoutingStats.warned:
             RoutingStats.warned.add(routing_name)
             warnings.warn(f"diagnostics: true, but routing {routing_name!r} returned no diagnostics (coupling, "
                           "logit change, entropy): nothing is logged for it; see "
