@@ -4,8 +4,8 @@
     python benchmarks/routing.py --quick          # I = 1152 only, default iterations
 
 Shape: batch 128, I input capsules (1152 in CapsNet) voting for J = 10 outputs of D = 16, with input
-activations (B, I) and input poses (B, I, 8). Each routing gets its votes in the storage its
-``votes_layout_for`` asks for (as :class:`capslab.ClassCapsules` does) and runs with its default
+activations (B, I) and input poses (B, I, 8). Each routing gets its votes in the storage that
+capslab.routing.backends.votes_layout picks (as :class:`capslab.ClassCapsules` does) and runs with its default
 parameters; the sweeps vary I (288 ... 4608) and, for routings with an ``iterations`` parameter, the
 number of iterations (1 ... 5).
 
@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 import capslab
+from capslab.routing import backends
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "routing.json"
@@ -79,7 +80,7 @@ def run_config(cfg: dict, args) -> dict:
     with torch.no_grad():
         x = torch.randn(B, I, D_IN, device=device) * 0.3
         W = torch.randn(J, I, D_IN, D, device=device) * 0.1
-        layout = routing.votes_layout_for(x)
+        layout = backends.votes_layout(routing, x).value
         votes = capslab.compute_votes(x, W, layout).detach().clone()  # not a pooled buffer: the input
     votes.requires_grad_()
     act = torch.rand(B, I, device=device).requires_grad_()

@@ -25,12 +25,13 @@ import statistics
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
 
 import capslab
+from capslab.routing import backends
 
 ROOT = Path(__file__).resolve().parent
 
@@ -106,11 +107,9 @@ class Setup:
         self.cl = variant.endswith("-cl")
         info = capslab.DataInfo(1, 28, 28, 10)
         model = capslab.build_model("capsnet", info, routing={"name": "dynamic", "iterations": 3}).to(device)
-        if variant.endswith("-plain"):  # autograd through the plain loop, votes stored (B, J, I, D)
-            model.caps.routing.fused = False
-            model.caps.routing.votes_layout = "bjid"
-        if variant.endswith("-ops"):  # the fused operator loop (capslab.routing.fused), no compiled kernel
-            model.caps.routing.compiled = False
+        # capslab.routing.backends: "-plain" autograd through the reference loop, votes stored (B, J, I, D);
+        # "-ops" the fused operator loop (capslab.routing.fused), no compiled kernel
+        self.backend = "reference" if variant.endswith("-plain") else "fused" if variant.endswith("-ops") else None
         fmt = torch.channels_last if self.cl else torch.contiguous_format
         self.model = model.to(memory_format=fmt)
         self.forward = torch.compile(self.model) if variant == "compile" else self.model
@@ -122,7 +121,12 @@ class Setup:
         self.y = torch.randint(0, 10, (batch,), generator=g).to(device)
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
+        """The variant's context for a forward pass: bf16 autocast, and its routing backend."""
+        stack = ExitStack()
+        if self.bf16:
+            stack.enter_context(torch.autocast(self.device.type, dtype=torch.bfloat16))
+        stack.enter_context(backends.use(self.backend))
+        return stack
 
     def step(self) -> None:
         self.opt.zero_grad(set_to_none=True)

@@ -14,8 +14,8 @@ from capslab.losses import Loss, ReconstructionParams, multi_hot, reconstruction
 from capslab.models import BuildContext, Model, ModelOutput
 from capslab.params import Component, Params
 from capslab.plugin import impl, registry
-from capslab.routing import (AggregationParams, AgreementParams, AgreementRouting, MissingRoutingInput, Routing,
-                             RoutingResult, RoutingSpec, RoutingTrace, coupling_entropy, stack_stats)
+from capslab.routing import (AggregationParams, AgreementParams, AgreementRouting, ConvWindows, MissingRoutingInput,
+                             Routing, RoutingResult, RoutingSpec, RoutingTrace, coupling_entropy, stack_stats)
 from capslab.squash import Squash, SquashParams, safe_norm
 
 hookimpl = impl  # plugins write @capslab.hookimpl
@@ -27,7 +27,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 __all__ = [
     "AggregationParams", "AgreementParams", "AgreementRouting",
-    "BuildContext", "CapslabError", "CheckpointError", "ClassCapsules", "Component", "DataError", "DataInfo",
+    "BuildContext", "CapslabError", "ConvWindows", "CheckpointError", "ClassCapsules", "Component", "DataError", "DataInfo",
     "Dataset", "DatasetParams", "Loss", "MaskedDecoder", "Model", "ModelOutput", "Params", "PluginError",
     "MissingRoutingInput", "PrimaryCapsules", "ReconstructionParams", "Routing", "RoutingResult", "RoutingSpec",
     "RoutingTrace", "Split", "Squash",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 from pydantic import Field
 from torch import Tensor, nn
 
@@ -19,7 +17,6 @@ class Squash(Component, nn.Module):
     """Base class of squash plugins: ``forward(s, dim)`` returns a tensor of s's shape."""
 
     Params = SquashParams
-    kernel: ClassVar[str | None] = None  # the formula's name in capslab.routing.kernel, if it is there
 
     def __init__(self, **params):
         nn.Module.__init__(self)

@@ -6,7 +6,8 @@ import torch
 
 import capslab
 from capslab import buffers
-from capslab.routing import fused
+from capslab.routing import backends, fused
+from capslab.routing.backends import Backend
 
 B, I, J, D, K = 3, 20, 4, 5, 3
 
@@ -103,14 +104,15 @@ def test_fused_equals_plain_path_of_each_agreement_routing(name, storage):
     routing = capslab.build_routing(name, spec).double()
     x, W = inputs()
     outs = []
-    for use_fused in (True, False):
-        routing.fused = use_fused
-        votes = capslab.compute_votes(x, W, "ibjd")
-        if storage == "bijd":  # contiguous (B, I, J, D) votes, e.g. built by a user: also fused
-            votes = votes.contiguous()
-            assert fused.fusable(votes)
-        torch.manual_seed(3)  # the random baseline draws its logits here
-        res = routing(votes)
+    for setting, path in (("fused", Backend.FUSED), ("reference", Backend.REFERENCE)):
+        with backends.use(setting):
+            votes = capslab.compute_votes(x, W, "ibjd")
+            if storage == "bijd":  # contiguous (B, I, J, D) votes, e.g. built by a user: also fused
+                votes = votes.contiguous()
+                assert fused.fusable(votes)
+            assert backends.choose(routing, votes, False) is path
+            torch.manual_seed(3)  # the random baseline draws its logits here
+            res = routing(votes)
         outs.append([res.poses, *grads([res.poses, res.activations], [x, W, routing.bias])])
     for a, b in zip(*outs):
         torch.testing.assert_close(a, b)
@@ -122,8 +124,8 @@ def test_gradient_reaches_the_bias_when_the_votes_are_frozen():
     x, W = inputs()
     votes = capslab.compute_votes(x.detach(), W.detach(), "ibjd")
     got = grads([routing(votes).poses], [routing.bias])[0]
-    routing.fused = False
-    want = grads([routing(votes).poses], [routing.bias])[0]
+    with backends.use("reference"):
+        want = grads([routing(votes).poses], [routing.bias])[0]
     torch.testing.assert_close(got, want)
     assert got.abs().sum() > 0
 

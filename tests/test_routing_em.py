@@ -184,9 +184,12 @@ class Recorder(capslab.Routing):
 def test_conv_capsule_votes_match_loops():
     T_in, T_out, k, s, H = 2, 3, 3, 2, 7
     torch.manual_seed(0)
-    layer = ConvCapsules(T_in, T_out, k, s, Recorder, init_std=0.5)
+    layer = ConvCapsules(T_in, T_out, k, s, (H, H), Recorder, init_std=0.5)
     pose, act = torch.randn(2, T_in * 16, H, H), torch.rand(2, T_in, H, H)
     out_pose, out_act = layer(pose, act)
+    windows = layer.routing.spec.windows  # which real input capsule each windowed one is
+    assert windows.num_inputs == T_in * H * H
+    torch.testing.assert_close(layer.routing.seen[1], act.flatten(1)[:, windows.index].flatten(0, 1))
     Ho = (H - k) // s + 1
     assert out_pose.shape == (2, T_out * 16, Ho, Ho) and out_act.shape == (2, T_out, Ho, Ho)
     votes, a = layer.routing.seen  # (B * Ho * Ho, T_in * k * k, T_out, 16), (B * Ho * Ho, T_in * k * k)
@@ -202,6 +205,63 @@ def test_conv_capsule_votes_match_loops():
                             assert a[n, i] == act[b, t, y * s + ky, x * s + kx]
                             for j in range(T_out):
                                 torch.testing.assert_close(votes[n, i, j], (M @ layer.weight[i, j]).flatten())
+
+
+def brute_force_input_softmax(logits, windows):
+    """logits (B * L, J, I): softmax over every (window, output) pair of each real input, one input at a time."""
+    B = logits.shape[0] // windows.positions
+    x = logits.reshape(B, windows.positions, *logits.shape[1:])  # (B, L, J, I)
+    out = torch.empty_like(x)
+    for b in range(B):
+        for n in range(windows.num_inputs):
+            where = (windows.index == n).nonzero().tolist()  # [(l, i), ...]
+            if not where:
+                continue
+            vals = torch.cat([x[b, l, :, i] for l, i in where])  # every window and output
+            total = vals.exp().sum()
+            for l, i in where:
+                out[b, l, :, i] = (x[b, l, :, i].exp() / total).log()
+    return out.reshape_as(logits)
+
+
+def test_conv_windows_normalise_each_input_over_every_window():
+    windows = capslab.ConvWindows.grid(types=2, height=5, width=6, kernel=3, stride=1)  # heavy overlap
+    assert windows.index.shape == (3 * 4, 2 * 9)
+    corner, centre = 0, 2 * 6 + 2  # (0, 0) is in one window, (2, 2) in nine (type 0)
+    assert (windows.index == corner).sum() == 1 and (windows.index == centre).sum() == 9
+    logits = torch.randn(2 * 12, 4, 18, dtype=torch.float64) * 3
+    log_r = windows.log_softmax(logits)
+    torch.testing.assert_close(log_r, brute_force_input_softmax(logits, windows))
+    mass = torch.zeros(2, windows.num_inputs, dtype=torch.float64)  # each real input's R over all its parents
+    mass.scatter_add_(1, windows.index[None, :, None, :].expand(2, 12, 4, 18).reshape(2, -1),
+                      log_r.exp().reshape(2, -1))
+    torch.testing.assert_close(mass, torch.ones_like(mass))
+    torch.testing.assert_close(windows.log_softmax(logits + 1e4), log_r)  # shift-invariant: no overflow
+    assert torch.autograd.gradcheck(windows.log_softmax, logits[:12, :2, :].clone().requires_grad_())
+
+
+def test_em_official_assignments_span_the_windows():
+    windows = capslab.ConvWindows.grid(types=2, height=5, width=5, kernel=3, stride=1)
+    spec = capslab.RoutingSpec(18, 3, 16, layer="hidden", windows=windows)
+    torch.manual_seed(0)
+    routing = capslab.build_routing({"name": "em", "preset": "official", "vote_scale": "raw"}, spec)
+    votes, acts = torch.randn(2 * 9, 18, 3, 16, dtype=torch.float64), torch.rand(2 * 9, 18, dtype=torch.float64)
+    routing = routing.double()
+    out = routing(votes, acts, diagnostics=True)
+    R = out.coupling.transpose(1, 2)  # (B * L, J, I)
+    mass = torch.zeros(2, windows.num_inputs, dtype=torch.float64).scatter_add_(
+        1, windows.index[None, :, None, :].expand(2, 9, 3, 18).reshape(2, -1), R.reshape(2, -1))
+    torch.testing.assert_close(mass, torch.ones_like(mass))  # each input's R sums to one over all its parents
+    per_window = capslab.build_routing({"name": "em", "preset": "official", "vote_scale": "raw",
+                                        "assignment": "window"}, spec).double()
+    per_window.load_state_dict(routing.state_dict())
+    window_out = per_window(votes, acts, diagnostics=True)
+    torch.testing.assert_close(window_out.coupling.sum(-1), torch.ones(18, 18, dtype=torch.float64))
+    assert (window_out.poses - out.poses).abs().max() > 1e-3  # the two normalisations route differently
+    plain = capslab.RoutingSpec(18, 3, 16)
+    both = [capslab.build_routing({"name": "em", "preset": "official", "assignment": a}, plain).double()(votes, acts)
+            for a in ("input", "window")]
+    torch.testing.assert_close(both[0].poses, both[1].poses)  # without windows "input" is the plain softmax
 
 
 def tiny_model(routing="em", **params):

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import capslab
-from capslab.routing import kernel
+from capslab.routing import backends, kernel
+from capslab.routing.backends import VotesLayout
 from test_fast_routing import grads, inputs, plain_dynamic
 
 pytestmark = pytest.mark.skipif(not kernel.available(), reason="numba is not installed")
@@ -66,9 +67,9 @@ def test_kernel_float32_matches_the_operator_path(batch, calls):
     torch.manual_seed(0)
     x = torch.randn(batch, 64, 8, requires_grad=True) * 0.3
     outs = []
-    for compiled in (True, False):
-        routing.compiled = compiled
-        res = layer(x)
+    for setting in ("auto", "fused"):
+        with backends.use(setting):
+            res = layer(x)
         outs.append([res.poses, *grads([res.poses], [x, layer.weight, routing.bias])])
     assert len(calls) == 1
     for a, b in zip(*outs):
@@ -89,10 +90,10 @@ def test_kernel_does_not_run_where_it_does_not_apply(case, calls):
     squash = capslab.build_squash("efficient") if case == "efficient_squash" else None
     routing = capslab.build_routing(name, spec, squash)
     layer = capslab.ClassCapsules(I, K, J, D, routing)
-    if case == "not_compiled":
-        routing.compiled = False
     x = torch.randn(B, I, K)
-    assert layer(x).poses.shape == (B, J, D)
+    setting = "fused" if case == "not_compiled" else "auto"
+    with backends.use(setting):
+        assert layer(x).poses.shape == (B, J, D)
     if case == "diagnostics":
         assert layer(x, diagnostics=True).coupling.shape == (B, I, J)
         assert len(calls) == 1  # only the call without diagnostics
@@ -103,21 +104,22 @@ def test_kernel_does_not_run_where_it_does_not_apply(case, calls):
         assert len(calls) == 1  # only the float32 call
         return
     assert not calls
-    assert routing.votes_layout_for(x) == "ibjd"
+    with backends.use(setting):
+        assert backends.votes_layout(routing, x) is VotesLayout.IBJD  # the fused loop's storage
 
 
 def test_capsnet_trains_the_same_with_and_without_the_kernel(calls):
     x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
     losses = []
-    for compiled in (True, False):
+    for setting in ("auto", "fused"):
         torch.manual_seed(0)
         model = capslab.build_model("capsnet", capslab.DataInfo(1, 28, 28, 10))
-        model.caps.routing.compiled = compiled
         loss = capslab.build_loss("margin")
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         values = []
         for _ in range(4):
-            value = loss(model(x, y).scores, y)
+            with backends.use(setting):
+                value = loss(model(x, y).scores, y)
             opt.zero_grad()
             value.backward()
             opt.step()

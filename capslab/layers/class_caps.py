@@ -1,8 +1,9 @@
 """Fully connected capsule layer: one transformation matrix per (input, output) pair, then routing.
 
 The votes u_hat_{j|i} = W_ij u_i are one product of a (B, K) block by a (K, J*D) block per input
-capsule i, one batched matmul over i. Two storages of the (B, I, J, D) votes, per the routing's
-``votes_layout``:
+capsule i, one batched matmul over i. Three storages of the (B, I, J, D) votes
+(capslab.routing.backends.VotesLayout), the one the routing's chosen path reads
+(capslab.routing.backends.votes_layout):
 
 - ``"ibjd"``: stored (I, B, J, D), the matmul's own output. The matmul and both matmuls of its
   backward run on contiguous per-i blocks, the path that uses every thread (a strided output or
@@ -19,15 +20,13 @@ their step and most of their memory there).
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import Tensor, nn
 
 from capslab.buffers import scratch
+from capslab.routing import backends
+from capslab.routing.backends import VotesLayout
 from capslab.routing.base import Routing, RoutingResult
-
-Layout = Literal["ibjd", "ijdb", "bjid"]
 
 
 def _compute_dtype(t: Tensor) -> torch.dtype:
@@ -99,11 +98,12 @@ class _VotesIJDB(torch.autograd.Function):
         return grad_u, grad_w
 
 
-def compute_votes(u: Tensor, weight: Tensor, layout: Layout = "bjid") -> Tensor:
+def compute_votes(u: Tensor, weight: Tensor, layout: VotesLayout | str = VotesLayout.BJID) -> Tensor:
     """u (B, I, K), weight (J, I, K, D) -> votes (B, I, J, D), stored per ``layout`` (module doc)."""
-    if layout == "ibjd":
+    layout = VotesLayout(layout)
+    if layout is VotesLayout.IBJD:
         return _VotesIBJD.apply(u, weight)
-    if layout == "ijdb":
+    if layout is VotesLayout.IJDB:
         return _VotesIJDB.apply(u, weight)
     votes = torch.einsum("bik,jikd->bjid", u, weight)  # (B, J, I, D)
     return votes.contiguous().transpose(1, 2)  # (B, I, J, D) view
@@ -112,7 +112,7 @@ def compute_votes(u: Tensor, weight: Tensor, layout: Layout = "bjid") -> Tensor:
 class ClassCapsules(nn.Module):
     """Votes u_hat_{j|i} = W_ij u_i with a separate (K x D) W per (i, j), handed to a routing plugin.
 
-    The votes are stored in the routing's ``votes_layout`` (default ``"bjid"``; see the module doc).
+    The votes are stored as the routing's chosen path reads them (see the module doc).
     """
 
     def __init__(self, in_caps: int, in_dim: int, out_caps: int, out_dim: int, routing: Routing,
@@ -124,8 +124,8 @@ class ClassCapsules(nn.Module):
         self.routing = routing
 
     def forward(self, u: Tensor, activations: Tensor | None = None, *, diagnostics: bool = False) -> RoutingResult:
-        fast = self.routing.route_from_weights(u, self.weight, diagnostics)  # votes never stored (CPU kernel)
+        fast = backends.route_from_weights(self.routing, u, self.weight, diagnostics)  # votes never stored
         if fast is not None:
             return fast
-        votes = compute_votes(u, self.weight, self.routing.votes_layout_for(u, diagnostics))  # (B, I, J, D)
+        votes = compute_votes(u, self.weight, backends.votes_layout(self.routing, u, diagnostics))  # (B, I, J, D)
         return self.routing(votes, activations, u, diagnostics=diagnostics)

@@ -71,6 +71,9 @@ class TrainConfig(Params):
     limit_train: int | None = Field(None, ge=1)  # use a fixed random subset of this many examples
     limit_test: int | None = Field(None, ge=1)
     log_every: int = Field(10, ge=1)  # steps between train records in metrics.jsonl
+    # capslab.routing.backends' switch for debugging: auto (fastest path that applies), fused (no compiled
+    # kernel), reference (the plain loops only); None: the CAPSLAB_ROUTING_BACKEND environment variable, else auto
+    routing_backend: Literal["auto", "fused", "reference"] | None = None
 
     @field_validator("device")
     @classmethod

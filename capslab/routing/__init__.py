@@ -1,8 +1,9 @@
 from capslab.routing.agreement import AggregationParams, AgreementParams, AgreementRouting
 from capslab.routing.base import MissingRoutingInput, Routing, RoutingResult, RoutingSpec, coupling_entropy, stack_stats
 from capslab.routing.trace import RoutingTrace
+from capslab.routing.windows import ConvWindows
 
 __all__ = [
-    "AggregationParams", "AgreementParams", "AgreementRouting", "MissingRoutingInput", "Routing", "RoutingResult",
+    "AggregationParams", "AgreementParams", "AgreementRouting", "ConvWindows", "MissingRoutingInput", "Routing", "RoutingResult",
     "RoutingSpec", "RoutingTrace", "coupling_entropy", "stack_stats",
 ]

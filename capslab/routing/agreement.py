@@ -9,14 +9,16 @@
 
 Subclasses change only ``couple`` (``dynamic``: softmax / leaky softmax, ``max_min``: min-max
 normalisation) or ``initial_logits`` and the number of iterations (the ``uniform`` and ``random``
-baselines), so the loop lives here once. ``bias`` is the learned bias of the official code (init 0.1),
+baselines), so the loop lives here once. ``route`` shows the three implementations side by side: the
+compiled CPU kernel, the fused operator loop, and the plain loop below, the reference the other two are
+tested against; capslab.routing.backends chooses (one rule, one switch). ``bias`` is the learned bias of the official code (init 0.1),
 ``gradient`` "all" lets gradients flow through every iteration (official code), "detach_inner" detaches
 the votes in all but the last iteration (several PyTorch ports).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -24,8 +26,9 @@ from torch import Tensor, nn
 
 from capslab.params import Params
 from capslab.routing.base import Routing, RoutingResult, RoutingSpec
-from capslab.routing import kernel
-from capslab.routing.fused import fusable, fused_agree
+from capslab.routing import backends, kernel
+from capslab.routing.backends import Backend
+from capslab.routing.fused import fused_agree
 from capslab.routing.trace import RoutingTrace
 
 
@@ -43,9 +46,6 @@ class AgreementRouting(Routing):
     """Base of agreement routings: override ``couple`` (and ``initial_logits``) only."""
 
     Params = AgreementParams
-    votes_layout: ClassVar[str] = "ibjd"  # ClassCapsules stores the votes (I, B, J, D): the fused loop's
-    fused: bool = True  # False: always the plain loop below (the reference the fused one is tested against)
-    compiled: bool = True  # False: never the compiled CPU kernel (capslab.routing.kernel)
 
     def __init__(self, spec: RoutingSpec, squash: nn.Module | None = None, **params):
         super().__init__(spec, squash, **params)
@@ -61,37 +61,24 @@ class AgreementRouting(Routing):
         """Coupling (B, J, I) from the logits (B, J, I), normalised over the outputs (dim 1)."""
         return b.softmax(1)
 
-    def votes_layout_for(self, u: Tensor, diagnostics: bool = False) -> str:
-        return "ijdb" if self.fused and kernel.preferred(self, u, diagnostics) else self.votes_layout
-
-    def route_from_weights(self, u: Tensor, weight: Tensor, diagnostics: bool = False) -> RoutingResult | None:
-        own_route = type(self).route is AgreementRouting.route  # a subclass's own route is respected
-        if self.fused and own_route and kernel.preferred(self, u, diagnostics):
-            return kernel.route_weights(self, u, weight, self.iterations, self.params.gradient == "detach_inner")
-        return None
-
-    def zero_start(self) -> bool:
-        """True when the logits start at zero, as in Procedure 1 (``initial_logits`` not overridden)."""
-        return type(self).initial_logits is AgreementRouting.initial_logits
-
-    def kernel_coupling(self) -> str | None:
-        """``couple`` as capslab.routing.kernel knows it ("softmax" or "leaky_softmax"); None: not there."""
-        return None
-
     def route(self, votes, activations, poses, iterations, diagnostics):
-        return self.agree(votes, iterations, self.params.gradient == "detach_inner", diagnostics)
+        """The Procedure-1 loop on votes (B, I, J, D); activations |v_j|. Params without ``iterations``
+        (AggregationParams: a fixed coupling) make one pass."""
+        if not hasattr(self.params, "iterations"):
+            iterations = 1
+        detach_inner = getattr(self.params, "gradient", "all") == "detach_inner"
+        b = self.initial_logits(votes.transpose(1, 2))  # (B, J, I), per example, stored output-major
+        backend = backends.choose(self, votes, diagnostics, b)
+        if backend is Backend.KERNEL:
+            return kernel.route(self, votes, iterations, detach_inner)
+        if backend is Backend.FUSED:
+            return fused_agree(self, votes, b, iterations, detach_inner, backends.zero_start(self))
+        return self._reference_loop(votes, b, iterations, detach_inner, diagnostics)
 
-    def agree(self, votes: Tensor, iterations: int, detach_inner: bool, diagnostics: bool) -> RoutingResult:
-        """The Procedure-1 loop on votes (B, I, J, D); activations |v_j|. With ``diagnostics`` the plain loop
-        below always runs (the reference, which records every iteration); otherwise the fastest path that
-        applies (capslab.routing.kernel, capslab.routing.fused)."""
+    def _reference_loop(self, votes: Tensor, b: Tensor, iterations: int, detach_inner: bool,
+                       diagnostics: bool) -> RoutingResult:
+        """The loop as written in the paper, from logits b (B, J, I); records every iteration for diagnostics."""
         u = votes.transpose(1, 2)  # (B, J, I, D)
-        b = self.initial_logits(u)  # (B, J, I), per example, stored output-major
-        if self.fused and not b.requires_grad and not diagnostics:  # the same result, faster
-            if kernel.applies(self, votes, diagnostics):
-                return kernel.route(self, votes, iterations, detach_inner)
-            if fusable(votes):
-                return fused_agree(self, votes, b, iterations, detach_inner, self.zero_start())
         u_inner = u.detach() if detach_inner else u
         trace = RoutingTrace() if diagnostics else None
         for r in range(iterations):

@@ -27,21 +27,24 @@ constant (ones would give every output the same mass and ignore the input capsul
 
 Votes may arrive as a non-contiguous view: :class:`capslab.layers.ClassCapsules` stores them as
 ``(B, J, I, D)`` so that ``votes.transpose(1, 2)`` is free and the per-output sums are batched matmuls,
-unless the routing asks for another storage through ``votes_layout`` / ``votes_layout_for``: ``"ibjd"``
-(``(I, B, J, D)``, what the fused agreement loop of :class:`capslab.AgreementRouting` reads) or
-``"ijdb"`` (``(I, J, D, B)``, its compiled CPU kernel's); see capslab.layers.class_caps.
+or in the storage a fast path of :class:`capslab.AgreementRouting` reads (capslab.routing.backends
+chooses, :class:`capslab.routing.backends.VotesLayout` lists them). A plugin sees none of this: it
+implements ``route`` (and an agreement routing ``couple``), nothing else.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar, Literal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
 from capslab.errors import CapslabError
 from capslab.params import Component
+
+if TYPE_CHECKING:
+    from capslab.routing.windows import ConvWindows
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,9 @@ class RoutingSpec:
     pose_dim: int  # D, the vote / output pose size
     in_pose_dim: int | None = None  # D_in, input pose size (self-routing needs it)
     layer: Literal["class", "hidden"] = "class"  # the class capsules (the model's last layer) or a capsule layer below
+    # a conv-capsule layer that folds its windows into the batch says which windowed input is which real input
+    # capsule (capslab.routing.windows); routings that normalise over all of an input's parents read it
+    windows: ConvWindows | None = field(default=None, compare=False)
 
 
 # Per-iteration convergence statistics a RoutingResult may carry (diagnostics only); see capslab.routing.trace.
@@ -98,7 +104,6 @@ class Routing(Component, nn.Module):
     # come from a learned read-out), None (the coupling does not come from agreement: uniform, random, self-routing).
     ranks_by: ClassVar[str | None] = "activations"
     stochastic: ClassVar[bool] = False  # True: draws random numbers, so batch-mates change an example's draw
-    votes_layout: ClassVar[str] = "bjid"  # how capslab.ClassCapsules stores the votes (capslab.layers.class_caps)
 
     def __init__(self, spec: RoutingSpec, squash: nn.Module | None = None, **params):
         nn.Module.__init__(self)
@@ -109,16 +114,6 @@ class Routing(Component, nn.Module):
 
             squash = default_squash()
         self.squash = squash
-
-    def votes_layout_for(self, u: Tensor, diagnostics: bool = False) -> str:
-        """The votes storage for input poses ``u`` (B, I, K); default: ``votes_layout``."""
-        return self.votes_layout
-
-    def route_from_weights(self, u: Tensor, weight: Tensor, diagnostics: bool = False) -> RoutingResult | None:
-        """Optional fast path for :class:`capslab.ClassCapsules`: route the votes W_ij u_i of input poses
-        u (B, I, K) and matrices weight (J, I, K, D) without storing them. None (the default): not
-        offered here; the layer computes the votes and calls the routing."""
-        return None
 
     @property
     def iterations(self) -> int:

@@ -14,9 +14,10 @@ Same equations as
     s_r = sum_i c_r u + bias,  v_r = squash(s_r)  (the ``sabour`` squash, eps inside the root)
     b_{r+1} = b_r + u . v_r
 
-It covers that case only: a routing whose ``kernel_coupling()`` names one of those couplings, the
-``sabour`` squash, float32/float64 votes on the CPU, no diagnostics. Everything else (and every
-machine without numba) takes the operator path.
+It covers that case only: a routing whose coupling is one of those (registered with
+``backends.compiled_coupling``), the ``sabour`` squash, float32/float64 votes on the CPU, no
+diagnostics; capslab.routing.backends decides. Everything else (and every machine without numba) takes
+the operator path.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch
 from torch import Tensor
 
 from capslab.buffers import scratch
+from capslab.routing import backends
 from capslab.routing.base import RoutingResult
 
 
@@ -54,44 +56,27 @@ def loops():
     return kernel_loops
 
 
-def preferred(routing, u: Tensor, diagnostics: bool) -> bool:
-    """True when ``routing``'s loop on the votes of input poses ``u`` (B, I, K) runs here: from the
-    weights (:func:`route_weights`) or on votes stored (I, J, D, B) (:func:`route`)."""
-    return (
-        available()
-        and getattr(routing, "compiled", False)
-        and routing.zero_start()
-        and routing.kernel_coupling() in ("softmax", "leaky_softmax")
-        and getattr(routing.squash, "kernel", None) == "sabour"
-        and not diagnostics
-        and u.device.type == "cpu"
-        and u.dtype in (torch.float32, torch.float64)
-        and not torch.is_autocast_enabled("cpu")
-        and not torch.compiler.is_compiling()
-    )
-
-
-def applies(routing, votes: Tensor, diagnostics: bool) -> bool:
-    """True when this kernel computes ``routing``'s loop (from zero logits) on ``votes`` (B, I, J, D)."""
-    return preferred(routing, votes, diagnostics) and votes.permute(1, 2, 3, 0).is_contiguous()
+def stored_for_kernel(votes: Tensor) -> bool:
+    """True when votes (B, I, J, D) are stored (I, J, D, B), the storage :func:`route` reads."""
+    return votes.permute(1, 2, 3, 0).is_contiguous()
 
 
 def route(routing, votes: Tensor, iterations: int, detach_inner: bool) -> RoutingResult:
-    """The loop of ``routing`` (where :func:`applies`) on votes (B, I, J, D) stored (I, J, D, B)."""
+    """The loop of ``routing`` (where capslab.routing.backends chose it) on votes (B, I, J, D) stored (I, J, D, B)."""
     return _route(routing, votes, None, None, iterations, detach_inner)
 
 
 def route_weights(routing, u: Tensor, weight: Tensor, iterations: int, detach_inner: bool) -> RoutingResult | None:
     """The loop of ``routing`` on the votes W_ij u_i of input poses u (B, I, K) and transformation
-    matrices weight (J, I, K, D), computed where they are used and never stored; None where the
-    kernel does not apply (see :func:`preferred`)."""
+    matrices weight (J, I, K, D), computed where they are used and never stored; None when W and u
+    differ in dtype or device."""
     if weight.dtype != u.dtype or weight.device != u.device:
         return None
     return _route(routing, None, u, weight, iterations, detach_inner)
 
 
 def _route(routing, votes, u, weight, iterations, detach_inner) -> RoutingResult:
-    leaky = routing.kernel_coupling() == "leaky_softmax"
+    leaky = backends.kernel_coupling(routing) == "leaky_softmax"
     bias = routing.bias
     grads = [t.requires_grad for t in (votes, u, weight, bias) if t is not None]
     config = (iterations, leaky, routing.squash.params.eps, detach_inner, torch.is_grad_enabled() and any(grads))

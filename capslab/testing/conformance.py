@@ -173,9 +173,10 @@ def routing_gradcheck(name: str) -> None:
 
 
 def routing_votes_storage(name: str) -> None:
-    """Every storage of the votes (capslab.layers.class_caps), the one the routing asks for included,
+    """Every storage of the votes (capslab.routing.backends.VotesLayout), the one its chosen path reads included,
     gives the same poses and gradients: fast paths pick a storage, and each must compute the same."""
     from capslab.layers.class_caps import compute_votes
+    from capslab.routing.backends import VotesLayout
 
     r = make_routing(name, SMALL, torch.float64)
     I, J, D, K = SMALL.in_caps, SMALL.out_caps, SMALL.pose_dim, SMALL.in_pose_dim
@@ -184,8 +185,7 @@ def routing_votes_storage(name: str) -> None:
     W = (torch.randn(J, I, K, D, generator=g, dtype=torch.float64) * 0.5).requires_grad_()
     acts = torch.rand(3, I, generator=g, dtype=torch.float64) * 0.9 + 0.05
     wrt = [x, W, *(p for p in r.parameters() if p.requires_grad)]
-    layouts = ("bjid", "ibjd", "ijdb")
-    assert r.votes_layout_for(x) in layouts, f"unknown votes layout {r.votes_layout_for(x)!r}"
+    layouts = list(VotesLayout)
     results = []
     for layout in layouts:
         out = _run(r, compute_votes(x, W, layout), acts, x)

@@ -20,6 +20,7 @@ from rich.console import Console
 from capslab.build import build_loss
 from capslab.recipe.loader import dump_recipe
 from capslab.recipe.schema import Recipe
+from capslab.routing import backends
 from capslab.train.evaluate import autocast, evaluate, total_loss
 from capslab.train.figures import save_reconstructions
 from capslab.train.optim import build_optimizer, lr_at, set_lr
@@ -35,8 +36,12 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: Path | None = None,
 
     Returns the last evaluation record (what metrics.jsonl holds for it).
     """
+    with backends.use(recipe.train.routing_backend):  # the debugging switch of capslab.routing.backends
+        return _train(recipe, Path(run_dir), resume, console)
+
+
+def _train(recipe: Recipe, run_dir: Path, resume: Path | None, console: Console | None) -> dict[str, Any]:
     cfg = recipe.train
-    run_dir = Path(run_dir)
     console = console or Console(stderr=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:

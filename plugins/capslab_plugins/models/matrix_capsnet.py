@@ -9,8 +9,10 @@ by the recipe's routing (``em`` in the paper). A = B = C = D = 32 in the paper (
 Votes of a capsule layer are V_ij = M_i W_ij (4x4 products, flattened to 16). A conv-capsule layer unfolds
 the K x K x types_in input capsules under each output position (one W per kernel position, input type and
 output type, shared across positions) and folds the positions into the batch, so routing runs
-independently at each position: (B * H' * W', K * K * types_in, types_out, 16). (The official code also
-normalises R of an input capsule over every position it reaches; this simplification does not.)
+independently at each position: (B * H' * W', K * K * types_in, types_out, 16). The layer tells its routing
+which windowed input is which real input capsule (capslab.ConvWindows in the RoutingSpec), so a routing can
+normalise an input's assignments over every window it falls in, as the official EM code does (``em``'s
+``assignment: input``, its ``official`` preset).
 Coordinate addition: the scaled (row, column) of the centre of each input capsule's position, in [0, 1],
 is added to the first two entries of the right-hand column of its vote matrix (flat entries 3 and 7).
 """
@@ -51,13 +53,15 @@ def matmul4(poses: Tensor, weight: Tensor) -> Tensor:
 class ConvCapsules(nn.Module):
     """K x K conv capsules: pose map (B, T_in * 16, H, W), activations (B, T_in, H, W) -> same at (H', W')."""
 
-    def __init__(self, types_in: int, types_out: int, kernel: int, stride: int, make_routing, init_std: float):
+    def __init__(self, types_in: int, types_out: int, kernel: int, stride: int, in_size: tuple[int, int],
+                 make_routing, init_std: float):
         super().__init__()
         self.types_in, self.types_out, self.kernel, self.stride = types_in, types_out, kernel, stride
         in_caps = kernel * kernel * types_in
         # (I, J, 4, 4) with I = types_in * K * K (input type major, then kernel position)
         self.weight = nn.Parameter(torch.randn(in_caps, types_out, 4, 4) * init_std)
-        self.routing = make_routing(capslab.RoutingSpec(in_caps, types_out, 16, 16, layer="hidden"))
+        windows = capslab.ConvWindows.grid(types_in, *in_size, kernel, stride)
+        self.routing = make_routing(capslab.RoutingSpec(in_caps, types_out, 16, 16, layer="hidden", windows=windows))
 
     def forward(self, pose: Tensor, act: Tensor, diagnostics: bool = False):
         B, _, H, W = pose.shape
@@ -95,11 +99,11 @@ class MatrixCapsNet(capslab.Model):
         h, w = (info.height - p.conv_kernel) // p.conv_stride + 1, (info.width - p.conv_kernel) // p.conv_stride + 1
         self.conv_caps = nn.ModuleList()
         for t_in, t_out, k, s in zip((Bt, C), (C, D), p.caps_kernels, p.caps_strides):
-            self.conv_caps.append(ConvCapsules(t_in, t_out, k, s, ctx.make_routing, p.weight_init_std))
+            if h < k or w < k:
+                raise capslab.CapslabError(
+                    f"matrix_capsnet: a {info.height}x{info.width} input is too small for its kernels")
+            self.conv_caps.append(ConvCapsules(t_in, t_out, k, s, (h, w), ctx.make_routing, p.weight_init_std))
             h, w = (h - k) // s + 1, (w - k) // s + 1
-        if h < 1 or w < 1:
-            raise capslab.CapslabError(
-                f"matrix_capsnet: a {info.height}x{info.width} input is too small for its kernels")
         self.grid = (h, w)
         J = info.num_classes
         self.class_weight = nn.Parameter(torch.randn(D, J, 4, 4) * p.weight_init_std)  # (types_D, J, 4, 4)

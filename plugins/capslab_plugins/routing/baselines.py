@@ -12,8 +12,8 @@ Both aggregate the votes with a fixed coupling, without any agreement step:
   couplings clearly away from uniform for J = 10 (a symmetric Dirichlet-like spread); std -> 0 is
   ``uniform``.
 
-Both reuse :class:`capslab.AgreementRouting`'s loop with one iteration (``iterations`` is ignored: the
-coupling never depends on agreement); diagnostics report the agreement that a second iteration would
+Both reuse :class:`capslab.AgreementRouting`'s loop with one iteration (their Params have no
+``iterations``, so the loop makes one pass: the coupling never depends on agreement); diagnostics report the agreement that a second iteration would
 add as the logit change, as dynamic routing does for its last iteration.
 """
 
@@ -28,9 +28,7 @@ class UniformRouting(capslab.AgreementRouting):
     name = "uniform"
     Params = capslab.AggregationParams
     ranks_by = None  # a fixed coupling: the control that routing is compared against
-
-    def route(self, votes, activations, poses, iterations, diagnostics):
-        return self.agree(votes, 1, False, diagnostics)  # zero initial logits: softmax gives 1/J
+    # AggregationParams has no iterations: AgreementRouting runs one pass; zero logits: softmax gives 1/J
 
 
 class RandomParams(capslab.AggregationParams):

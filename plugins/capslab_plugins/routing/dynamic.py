@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 import capslab
+from capslab.routing import backends
 
 
 class DynamicParams(capslab.AgreementParams):
@@ -33,15 +34,14 @@ def coupling_softmax(b: Tensor, leaky: bool, dim: int) -> Tensor:
     return torch.cat([zero, b], dim).softmax(dim).narrow(dim, 1, b.shape[dim])
 
 
+# the compiled CPU kernel has both couplings built in (capslab.routing.backends)
+@backends.compiled_coupling(lambda routing: "leaky_softmax" if routing.params.leaky else "softmax")
 class DynamicRouting(capslab.AgreementRouting):
     name = "dynamic"
     Params = DynamicParams
 
     def couple(self, b: Tensor) -> Tensor:
         return coupling_softmax(b, self.params.leaky, dim=1)  # b (B, J, I): over the outputs
-
-    def kernel_coupling(self) -> str:
-        return "leaky_softmax" if self.params.leaky else "softmax"
 
 
 @capslab.hookimpl

@@ -22,12 +22,13 @@ Two presets (``preset``; any key set beside it wins):
 - ``official``: the official code's constants: mu = 0.9 mu_new + 0.1 mu_old (mu_0 = 0); beta_a multiplied
   by 5000 in the logit (its effective learning rate 5000x); the cost on log sigma^2 (``cost:
   log_variance``) instead of log sigma; the class-capsule layer routing with a quarter of the final
-  inverse temperature (``class_lambda_factor: 0.25``; capslab.RoutingSpec.layer tells the layers apart).
+  inverse temperature (``class_lambda_factor: 0.25``; capslab.RoutingSpec.layer tells the layers apart);
+  in conv-capsule layers, R of an input capsule normalised over every output of every window it falls in
+  (``assignment: input``, capslab.ConvWindows; it starts uniform over those parents), not per window.
   Sources: the first two and the schedule, floor and log-domain E-step as recorded from
-  ``em_layers.py`` in capslab's routing survey; the last two as recorded in the project's tracker (issue
-  10). No file line is cited: the session that wrote this had no code search, and the official initial
-  values of beta_a / beta_u (0 here) are unchecked. The official code also normalises R of an input
-  capsule over every conv window it falls in; capslab's matrix_capsnet routes each window on its own.
+  ``em_layers.py`` in capslab's routing survey; the rest as recorded in the project's tracker (issue
+  10). No line is cited: the sessions that wrote this had no code search, and the official initial
+  values of beta_a / beta_u (0 here) are unchecked.
 
 Vote scale (``vote_scale``, capslab.routing.scale): ``rms`` (default) routes on each example's votes
 divided by their RMS, so the variance floor, the inverse temperature and the costs are relative to the
@@ -57,7 +58,8 @@ LOG_2PI = math.log(2 * math.pi)
 PRESETS = {
     "paper": {},
     "official": {"final_lambda": 0.01, "lambda_schedule": "official", "min_var": 5e-4, "mass_eps": 1e-5,
-                 "mu_momentum": 0.1, "beta_a_scale": 5000.0, "cost": "log_variance", "class_lambda_factor": 0.25},
+                 "mu_momentum": 0.1, "beta_a_scale": 5000.0, "cost": "log_variance", "class_lambda_factor": 0.25,
+                 "assignment": "input"},
 }
 
 
@@ -73,6 +75,9 @@ class EMParams(capslab.Params):
     mu_momentum: float = Field(0.0, ge=0, lt=1)  # official 0.1
     beta_a_scale: float = Field(1.0, gt=0)  # official 5000
     cost: Literal["log_sigma", "log_variance"] = "log_sigma"  # paper: log sigma_h; official: log sigma_h^2
+    # conv-capsule layers: R of an input normalised over the outputs of each window ("window") or over every
+    # output of every window the input falls in ("input", official); the same where there are no windows
+    assignment: Literal["window", "input"] = "window"
     vote_scale: VoteScale = "rms"
     beta_a_init: float = 0.0
     beta_u_init: float = 0.0
@@ -104,7 +109,9 @@ class EMRouting(capslab.Routing):
         V = votes.transpose(1, 2)  # (B, J, I, D); contiguous when votes came from ClassCapsules
         B, J, I, D = V.shape
         a_in = activations.to(V.dtype).unsqueeze(1)  # (B, 1, I)
-        log_R = V.new_full((B, J, I), -math.log(J))  # routing assignments, output-major
+        windows = self.spec.windows if p.assignment == "input" else None
+        normalize = windows.log_softmax if windows is not None else (lambda x: x.log_softmax(1))
+        log_R = normalize(V.new_zeros(B, J, I))  # uniform routing assignments, output-major (B, J, I)
         mu = V.new_zeros(B, J, D)
         beta_a = self.beta_a * p.beta_a_scale  # (J,)
         cost_scale = 1.0 if p.cost == "log_variance" else 0.5  # log sigma = log var / 2
@@ -127,7 +134,7 @@ class EMRouting(capslab.Routing):
                 mahalanobis = (diff2 @ var.reciprocal().unsqueeze(-1)).squeeze(-1)  # (B, J, I): sum_h diff2 / var
                 log_p = -0.5 * (mahalanobis + (log_var.sum(-1, keepdim=True) + D * LOG_2PI))
                 log_post = nn.functional.logsigmoid(logit).unsqueeze(-1) + log_p  # (B, J, I)
-                new_log_R = log_post - log_post.logsumexp(1, keepdim=True)
+                new_log_R = normalize(log_post)
                 update = new_log_R - log_R
                 if t < iterations - 1:
                     log_R = new_log_R

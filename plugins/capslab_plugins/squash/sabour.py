@@ -7,11 +7,12 @@ code has no eps and gives NaN there).
 from torch import Tensor
 
 import capslab
+from capslab.routing import backends
 
 
+@backends.compiled_squash("sabour")  # the compiled CPU routing kernel has this formula built in
 class SabourSquash(capslab.Squash):
     name = "sabour"
-    kernel = "sabour"  # capslab.routing.kernel has this formula compiled in
 
     def forward(self, s: Tensor, dim: int = -1) -> Tensor:
         sq = s.pow(2).sum(dim, keepdim=True)
