@@ -16,15 +16,23 @@ class PluginError(CapslabError):
     """A plugin failed to import, misspelt a hook, or clashed with another plugin."""
 
 
+class PluginWarning(UserWarning):
+    """A plugin was left out (it is broken) or registered nothing; the CLI prints it as one line."""
+
+
 class UnknownNameError(CapslabError, KeyError):
     """A registry lookup for a name nobody registered."""
 
-    def __init__(self, kind: str, name: str, known: Iterable[str]):
+    def __init__(self, kind: str, name: str, known: Iterable[str], failed: dict[str, str] | None = None):
         self.kind, self.name, self.known = kind, name, sorted(known)
+        self.failed = dict(failed or {})  # plugins left out as broken: the name may have been theirs
         super().__init__(str(self))
 
     def __str__(self) -> str:
-        return f"unknown {self.kind} {self.name!r}{did_you_mean(self.name, self.known)}; known: {', '.join(self.known) or '(none: run pip install -e .)'}"
+        known = ", ".join(self.known) or "(none: run pip install -e .)"
+        broken = f"; left out as broken: plugin {', '.join(map(repr, self.failed))} (capslab plugins says why)" \
+            if self.failed else ""
+        return f"unknown {self.kind} {self.name!r}{did_you_mean(self.name, self.known)}; known: {known}{broken}"
 
 
 class DataError(CapslabError):

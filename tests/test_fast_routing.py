@@ -177,6 +177,39 @@ def test_scratch_reuses_a_free_tensor_only():
     buffers.release()
 
 
+def test_the_private_use_counts_buffers_rely_on_still_behave():
+    """capslab.buffers decides reuse from two private torch APIs; if the pinned torch changes them, this fails
+    (reuse would otherwise stop silently, or worse, alias live data)."""
+    assert hasattr(torch._C, "_storage_Use_Count"), "torch._C._storage_Use_Count is gone: update capslab.buffers"
+    t = torch.empty(3, 4)
+    assert hasattr(t, "_use_count"), "Tensor._use_count is gone: update capslab.buffers"
+    alone = torch._C._storage_Use_Count(t.untyped_storage()._cdata), t._use_count()
+    assert alone[0] <= 2 and alone[1] <= 1 and buffers._unshared(t)
+    view = t.view(12)  # another tensor on the same storage
+    assert torch._C._storage_Use_Count(t.untyped_storage()._cdata) > alone[0] and not buffers._unshared(t)
+    del view
+    assert buffers._unshared(t)
+    saved = torch.exp(t.requires_grad_())  # a graph saving t (exp saves its output; mul saves its input)
+    kept = (t * 2).sum()
+    assert not buffers._unshared(t)
+    del kept, saved
+    assert buffers._unshared(t)
+
+
+def test_a_training_step_reuses_its_votes_buffer():
+    spec = capslab.RoutingSpec(I, J, D, K)
+    layer = capslab.ClassCapsules(I, K, J, D, capslab.build_routing("max_min", spec))  # fused: votes pooled
+    x = torch.randn(B, I, K)
+    ptrs = []
+    for _ in range(3):
+        out = layer(x)
+        out.poses.sum().backward()
+        ptrs.append(buffers._slots()["capslab.layers.votes"].data_ptr())
+        del out
+    assert len(set(ptrs)) == 1, "the votes buffer was not reused across steps"
+    buffers.release()
+
+
 @pytest.mark.parametrize("J", [J, 5])  # 5: no pairs of outputs for the agreement
 @pytest.mark.parametrize("storage", ["ibjd", "bijd"])  # per-(b, j) products, and block-diagonal ones
 def test_fused_contractions_match_einsum(storage, J):

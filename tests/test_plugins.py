@@ -1,7 +1,10 @@
 """The plugin system: entry points, registries, errors, blocking, a real third-party package."""
 
 import importlib.metadata as md
+import os
 import pkgutil
+import subprocess
+import sys
 import types
 
 import pytest
@@ -9,7 +12,7 @@ from helpers import ROOT, install_package, run_python
 
 import capslab
 import capslab_plugins
-from capslab.errors import PluginError, UnknownNameError
+from capslab.errors import PluginWarning, UnknownNameError
 from capslab.plugin import Plugins, registry
 
 
@@ -41,24 +44,91 @@ def test_unknown_name_lists_known_names_and_suggests():
     assert "did you mean 'dynamic'?" in msg and "known:" in msg and "dynamic" in msg.split("known:")[1]
 
 
-def test_duplicate_names_are_an_error_naming_both_plugins():
+def left_out(match: str, **modules) -> Plugins:
+    """Load ``modules`` as plugins, expecting one warning that matches; the plugins still load."""
+    with pytest.warns(PluginWarning, match=match) as caught:
+        plugins = Plugins(entry_points=[], modules={"good": _module("g", register_losses=good_loss), **modules})
+    assert len([w for w in caught if issubclass(w.category, PluginWarning)]) == 1, [str(w.message) for w in caught]
+    assert "fine" in plugins.registry("loss"), "a healthy plugin beside a broken one must still load"
+    return plugins
+
+
+def good_loss(register):
+    register(capslab.registry("loss").get("margin"), name="fine")
+
+
+def test_duplicate_names_leave_the_second_plugin_out_naming_both():
     def reg(register):
         register(capslab.registry("squash").get("sabour"), name="twin")
 
-    with pytest.raises(PluginError, match=r"'twin' is registered twice: by plugin 'first'.*plugin 'second'"):
-        Plugins(entry_points=[], modules={"first": _module("a", register_squashes=reg),
-                                          "second": _module("b", register_squashes=reg)})
+    def also(register):
+        register(capslab.registry("loss").get("margin"), name="extra")
+
+    plugins = left_out(r"'twin' is registered twice: by plugin 'first'.*plugin 'second'",
+                       first=_module("a", register_squashes=reg), second=_module("b", register_squashes=reg,
+                                                                                 register_losses=also))
+    assert plugins.registry("squash").entry("twin").plugin == "first"
+    assert "extra" not in plugins.registry("loss")  # all or nothing: the clashing plugin's other components too
+    assert set(plugins.failed) == {"second"}
 
 
-def test_plugin_that_fails_to_import_is_reported_by_name():
+def test_plugin_that_fails_to_import_is_left_out_by_name():
     ep = md.EntryPoint("broken", "capslab_no_such_module_xyz", "capslab")
-    with pytest.raises(PluginError, match=r"plugin 'broken' .*failed to import.*CAPSLAB_DISABLE_PLUGINS=broken"):
-        Plugins(entry_points=[ep])
+    with pytest.warns(PluginWarning, match=r"plugin 'broken' .*failed to import.*CAPSLAB_DISABLE_PLUGINS=broken"):
+        plugins = Plugins(entry_points=[ep], modules={"good": _module("g", register_losses=good_loss)})
+    assert "No module named" in plugins.failed["broken"] and "fine" in plugins.registry("loss")
+    with pytest.raises(UnknownNameError, match="left out as broken: plugin 'broken'"):
+        plugins.registry("routing").get("from_broken")
 
 
-def test_misspelt_hook_is_reported_by_name():
-    with pytest.raises(PluginError, match=r"plugin 'typo'.*register_routng"):
-        Plugins(entry_points=[], modules={"typo": _module("t", register_routng=lambda register: None)})
+def test_misspelt_hook_leaves_the_plugin_out_with_a_suggestion():
+    plugins = left_out(r"plugin 'typo'.*'register_routing'.*did you mean 'register_routings'",
+                       typo=_module("t", register_routing=lambda register: None, register_losses=good_loss))
+    assert "typo" in plugins.failed
+
+
+def test_a_hook_that_raises_leaves_the_plugin_out_by_name():
+    def bad(register):
+        register(capslab.registry("squash").get("sabour"), name="half")
+        raise RuntimeError("boom")
+
+    plugins = left_out(r"plugin 'raiser' is disabled: its register_squashes raised RuntimeError: boom",
+                       raiser=_module("r", register_squashes=bad))
+    assert "half" not in plugins.registry("squash")  # what it registered before raising is dropped
+
+
+def test_a_plugin_that_registers_nothing_is_named():
+    unmarked = types.ModuleType("u")
+    unmarked.register_routings = lambda register: None  # forgot @capslab.hookimpl
+    left_out(r"plugin 'forgot' registered no component: its register_routings is not marked @capslab.hookimpl",
+             forgot=unmarked)
+
+
+def test_component_without_name_leaves_the_plugin_out():
+    left_out("without a name", anon=_module("n", register_losses=lambda register: register(object())))
+
+
+def test_a_broken_plugin_warns_once_and_every_command_still_works(tmp_path):
+    """A real installed distribution with a misspelt hook: `capslab plugins` lists it as failed, `validate`
+    works, and each prints the warning as one line."""
+    (tmp_path / "typo_plugin.py").write_text(
+        "import capslab\n\n@capslab.hookimpl\ndef register_routing(register):\n    pass\n")
+    info = tmp_path / "typo_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: typo-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[capslab]\ntypo = typo_plugin\n")
+    cli = "import sys; from capslab.cli.main import main; main(sys.argv[1:])"
+    for args in (["plugins"], ["validate", str(ROOT / "recipes" / "quickstart.yaml")]):
+        res = subprocess.run([sys.executable, "-c", cli, *args], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "PYTHONPATH": str(tmp_path), "COLUMNS": "200"})
+        assert res.returncode == 0, res.stderr
+        lines = [line for line in res.stderr.splitlines() if "typo" in line]
+        assert len(lines) == 1 and lines[0].startswith("warning: plugin 'typo' (typo-plugin 0.1) is disabled"), \
+            res.stderr
+        assert "did you mean 'register_routings'" in lines[0] and "Traceback" not in res.stderr
+    listing = subprocess.run([sys.executable, "-c", cli, "plugins"], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "PYTHONPATH": str(tmp_path), "COLUMNS": "200"})
+    assert "dynamic" in listing.stdout and "left out: typo (typo-plugin 0.1): it implements" in listing.stdout
 
 
 def test_disable_env_blocks_named_plugins(monkeypatch):
@@ -66,11 +136,6 @@ def test_disable_env_blocks_named_plugins(monkeypatch):
     plugins = Plugins()
     assert "dynamic" not in plugins.registry("routing") and "efficient" not in plugins.registry("squash")
     assert "sabour" in plugins.registry("squash")
-
-
-def test_component_without_name_is_an_error():
-    with pytest.raises(PluginError, match="without a name"):
-        Plugins(entry_points=[], modules={"anon": _module("n", register_losses=lambda register: register(object()))})
 
 
 def test_third_party_package_registers_and_is_usable_end_to_end(tmp_path):

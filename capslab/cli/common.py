@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -12,7 +13,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from ruamel.yaml.error import YAMLError
 
-from capslab.errors import CapslabError
+from capslab.errors import CapslabError, PluginWarning
 
 DEBUG_ENV = "CAPSLAB_DEBUG"  # CAPSLAB_DEBUG=1: let the traceback through
 USER_ERRORS = (CapslabError, ValidationError, YAMLError)
@@ -34,6 +35,19 @@ def message(exc: BaseException) -> str:
     if isinstance(exc, YAMLError) and not isinstance(exc, CapslabError):
         return f"invalid YAML: {' '.join(str(exc).split())[:200]}"
     return str(exc)
+
+
+def one_line_warnings() -> None:
+    """Print capslab's own warnings (a plugin left out, ...) as one ``warning:`` line, without file and line."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, PluginWarning):
+            typer.echo(f"warning: {message}", err=True)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
 
 
 def report(exc: BaseException) -> None:

@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from capslab.cli.common import DEBUG_ENV, USER_ERRORS, debug, report
+from capslab.cli.common import DEBUG_ENV, USER_ERRORS, debug, one_line_warnings, report
 
 COMMANDS = ("train", "eval", "validate", "compare", "plugins_cmd", "inspect_cmd", "figures")
 
@@ -31,6 +31,7 @@ for _name in COMMANDS:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
+    one_line_warnings()
     try:
         app(args=argv, prog_name="capslab")
     except USER_ERRORS as exc:  # raised outside a command (e.g. a plugin that fails to import)

@@ -22,6 +22,9 @@ def plugins() -> None:
         for e in loaded.registry(kind):
             table.add_row(kind, e.name, e.plugin, e.version if e.builtin else f"{e.version} ({e.dist})")
     out.print(table)
+    for name, reason in sorted(loaded.failed.items()):
+        dist, version = loaded.dists.get(name, ("?", "?"))
+        out.print(f"left out: {name} ({dist} {version}): {reason}")
     blocked = sorted(blocked_names())
     if blocked:
         out.print(f"blocked by {DISABLE_ENV}: {', '.join(blocked)}")

@@ -26,11 +26,13 @@ class Entry:
 class Registry:
     """The components of one kind, by name."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, failed: dict[str, str] | None = None):
         self.kind = kind
         self._entries: dict[str, Entry] = {}
+        self.failed = failed if failed is not None else {}  # plugins left out (name -> reason), for lookups
 
-    def add(self, entry: Entry) -> None:
+    def check_new(self, entry: Entry) -> None:
+        """PluginError when ``entry``'s name is taken by another plugin."""
         old = self._entries.get(entry.name)
         if old is not None:
             raise PluginError(
@@ -38,6 +40,9 @@ class Registry:
                 f"({old.dist} {old.version}) and by plugin {entry.plugin!r} ({entry.dist} {entry.version}); "
                 f"uninstall one or block it with CAPSLAB_DISABLE_PLUGINS={entry.plugin}"
             )
+
+    def add(self, entry: Entry) -> None:
+        self.check_new(entry)
         self._entries[entry.name] = entry
 
     def get(self, name: str) -> Any:
@@ -47,7 +52,7 @@ class Registry:
         try:
             return self._entries[name]
         except (KeyError, TypeError):
-            raise UnknownNameError(self.kind, name, self._entries) from None
+            raise UnknownNameError(self.kind, name, self._entries, self.failed) from None
 
     def names(self) -> list[str]:
         return sorted(self._entries)

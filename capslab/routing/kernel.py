@@ -108,7 +108,8 @@ class KernelLoop(torch.autograd.Function):
             ut = u.detach().permute(1, 2, 0).contiguous()  # (I, K, B); 5 MB
             wt = weight.detach().permute(1, 0, 3, 2).reshape(I, J * D, K)  # (I, J*D, K); 6 MB, not per example
         bias_t = bias.detach().to(like.dtype) if bias is not None else like.new_zeros(J, D)
-        threads = loops().set_threads(torch.get_num_threads())
+        L = loops()
+        threads = L.set_threads(torch.get_num_threads())
         ss = like.new_empty(iterations, J, D, B)
         vs = like.new_empty(iterations, J, D, B)
         if votes is None:  # the first iteration's plain sum over i, as one matrix product (3x the loops' speed)
@@ -116,8 +117,9 @@ class KernelLoop(torch.autograd.Function):
         cs = scratch("capslab.routing.kernel.couplings", (max(iterations - 1, 1) if backward else 1, I, J, B), like)
         lg = scratch("capslab.routing.kernel.logits", (I, J, B), like)
         parts = like.new_empty(threads, J, D, B)
-        loops().forward(_np(store), _np(wt), _np(ut), _np(bias_t), iterations, leaky, eps, like.dtype == torch.float32,
-                        threads, _np(ss), _np(cs), _np(vs), _np(lg), _np(parts))
+        source = L.Votes(_np(store), _np(wt), _np(ut), votes is None)
+        loop = L.Loop(iterations, leaky, eps, like.dtype == torch.float32, threads)
+        L.forward(source, _np(bias_t), loop, L.Saved(_np(ss), _np(cs), _np(vs)), L.ForwardScratch(_np(lg), _np(parts)))
         ctx.leaky, ctx.eps, ctx.detach_inner = leaky, eps, detach_inner
         ctx.save_for_backward(store, wt, ut, ss, cs, vs)
         return vs[-1].permute(2, 0, 1)  # (B, J, D) view
@@ -129,8 +131,10 @@ class KernelLoop(torch.autograd.Function):
         want_votes, want_u, want_w, want_bias = ctx.needs_input_grad[:4]
         R, J, D, B = ss.shape
         I = cs.shape[1]
-        threads = loops().set_threads(torch.get_num_threads())
-        if store.shape[0]:  # votes given: their gradient is written out
+        L = loops()
+        threads = L.set_threads(torch.get_num_threads())
+        from_weights = not store.shape[0]
+        if not from_weights:  # votes given: their gradient is written out
             grad_store = scratch("capslab.routing.kernel.grad_votes", store.shape, ss)  # (I, J, D, B)
             grad_wt = grad_ut = wt
         else:  # straight into the gradients of W and u
@@ -141,10 +145,11 @@ class KernelLoop(torch.autograd.Function):
         parts = ss.new_empty(threads, J, D, B)
         grad_s = torch.empty_like(ss)
         chain = not ctx.detach_inner or want_bias
-        loops().backward(_np(store), _np(wt), _np(ut), _np(ss), _np(cs), _np(vs),
-                         _np(grad_v.to(ss.dtype).permute(1, 2, 0).contiguous()), ctx.leaky, ctx.eps,
-                         ctx.detach_inner, chain, threads, _np(g_b), _np(parts), _np(grad_store), _np(grad_wt),
-                         _np(grad_ut), _np(grad_s))
+        L.backward(L.Votes(_np(store), _np(wt), _np(ut), from_weights), L.Saved(_np(ss), _np(cs), _np(vs)),
+                   _np(grad_v.to(ss.dtype).permute(1, 2, 0).contiguous()),
+                   L.Loop(R, ctx.leaky, ctx.eps, ss.dtype == torch.float32, threads), ctx.detach_inner, chain,
+                   L.BackwardScratch(_np(g_b), _np(parts)),
+                   L.Grads(_np(grad_store), _np(grad_wt), _np(grad_ut), _np(grad_s)))
         grad_votes = grad_store.permute(3, 0, 1, 2) if want_votes else None
         grad_u = grad_ut.transpose(0, 1) if want_u else None  # (B, I, K)
         grad_w = grad_wt.view(I, J, D, -1).permute(1, 0, 3, 2) if want_w else None  # (J, I, K, D)

@@ -1,17 +1,38 @@
 """The compiled loops of capslab.routing.kernel (numba), imported on first use; see that module.
 
-Arrays are numpy views of the tensors capslab.routing.kernel allocates; float32 or float64.
+Arrays are numpy views of the tensors capslab.routing.kernel allocates; float32 or float64. The entry
+points take named bundles (numba compiles namedtuples of arrays and scalars as plain structs):
+:class:`Votes` (where the votes come from), :class:`Loop` (the routing's constants), :class:`Saved` (what
+the forward keeps for the backward), and the scratch or gradient arrays of each direction.
 """
 
 from __future__ import annotations
 
 import math
+from collections import namedtuple
 
 import numba as nb
 import numpy as np
 
 # Reassociation lets the compiler vectorise the sums; no finite-math assumptions (NaN stays NaN).
 _FAST = {"reassoc", "contract", "nsz", "arcp"}
+
+
+# The votes: ``stored`` (I, J, D, B) when given, else computed per input from ``wt`` (I, J*D, K), the
+# transformation matrices, and ``ut`` (I, K, B), the input poses; ``from_weights`` says which (the unused
+# arrays are empty).
+Votes = namedtuple("Votes", "stored wt ut from_weights")
+# iterations r; leaky: softmax over [0 | b]; eps of the squash; fast: the polynomial exp (float32); threads
+Loop = namedtuple("Loop", "iterations leaky eps fast threads")
+# ss[r] = s_r (J, D, B) (bias included), vs[r] = v_r, cs[r - 1] = c_r (I, J, B) for r >= 1
+Saved = namedtuple("Saved", "ss cs vs")
+# forward scratch: lg (I, J, B) logits, parts (threads, J, D, B) per-thread partial sums
+ForwardScratch = namedtuple("ForwardScratch", "lg parts")
+# backward scratch: g_b (R - 1, I, J, B) logit gradients, parts (threads, J, D, B)
+BackwardScratch = namedtuple("BackwardScratch", "g_b parts")
+# backward outputs: grad_votes (I, J, D, B) (stored votes), or grad_wt (I, J*D, K) and grad_ut (I, B, K)
+# (from the weights); grad_s (R, J, D, B), summed over (r, b) for the bias
+Grads = namedtuple("Grads", "grad_votes grad_wt grad_ut grad_s")
 
 
 def _jit(**kw):
@@ -115,11 +136,11 @@ def _share(n, threads, t):
 
 
 @_jit()
-def _votes(u, wt, ut, i, buf):
-    """Input i's votes (J, D, B): a view of u (I, J, D, B), or, when u is empty, computed into buf from
-    the transformation matrices wt (I, J*D, K) and the input poses ut (I, K, B)."""
-    if u.shape[0]:
-        return u[i]
+def _votes(votes, i, buf):
+    """Input i's votes (J, D, B): a view of the stored votes, or computed into buf from W_i and u_i."""
+    if not votes.from_weights:
+        return votes.stored[i]
+    wt, ut = votes.wt, votes.ut
     J, D, B = buf.shape
     K = ut.shape[1]
     for j in range(J):
@@ -151,22 +172,23 @@ def _votes(u, wt, ut, i, buf):
 
 
 @_jit(parallel=True)
-def forward(u, wt, ut, bias, iterations, leaky, eps, fast, threads, ss, cs, vs, lg, parts):
-    """Votes u (I, J, D, B), or (u empty) the votes W_i u_i from wt (I, J*D, K) and ut (I, K, B), ->
-    ss[r] = s_r (J, D, B) (bias included), vs[r] = v_r, cs[r - 1] = c_r (I, J, B) for r >= 1 (c_0 is
-    uniform; a single cs slot, when no backward follows, holds the latest c_r). From the weights,
-    ss[0] comes in holding sum_i W_i u_i (the first iteration's plain sum).
-    Scratch: lg (I, J, B) logits, parts (threads, J, D, B) partial sums.
+def forward(votes, bias, loop, saved, scratch):
+    """Votes (a :class:`Votes`), bias (J, D) -> ``saved`` filled: s_r, v_r and c_r (c_0 is uniform; a
+    single cs slot, when no backward follows, holds the latest c_r). From the weights, saved.ss[0] comes
+    in holding sum_i W_i u_i (the first iteration's plain sum).
 
     Threads split the inputs; every inner loop runs over the B examples, contiguous."""
+    ss, cs, vs = saved.ss, saved.cs, saved.vs
+    lg, parts = scratch.lg, scratch.parts
+    leaky, fast, threads = loop.leaky, loop.fast, loop.threads
     I, J, B = lg.shape
     D = ss.shape[2]
     dt = lg.dtype.type
-    eps = dt(eps)
+    eps = dt(loop.eps)
     c0 = _uniform(J, leaky, lg.dtype)
     lg[:] = 0
-    from_weights = u.shape[0] == 0
-    for r in range(iterations):
+    from_weights = votes.from_weights
+    for r in range(loop.iterations):
         v = vs[r - 1]
         skip = r == 0 and from_weights  # ss[0] holds sum_i W_i u_i already: one matrix product (caller)
         for t in nb.prange(threads):
@@ -181,7 +203,7 @@ def forward(u, wt, ut, bias, iterations, leaky, eps, fast, threads, ss, cs, vs, 
             buf = np.empty((J, D, B), lg.dtype)
             i0, i1 = _share(I, threads, t)
             for i in range(i0, i1):
-                x = _votes(u, wt, ut, i, buf)
+                x = _votes(votes, i, buf)
                 if r == 0:  # uniform coupling: a plain sum (scaled below)
                     for j in range(J):
                         for d in range(D):
@@ -211,12 +233,10 @@ def forward(u, wt, ut, bias, iterations, leaky, eps, fast, threads, ss, cs, vs, 
 
 
 @_jit(parallel=True)
-def backward(u, wt, ut, ss, cs, vs, grad_v, leaky, eps, detach_inner, chain, threads, g_b, parts, grad_u,
-             grad_wt, grad_ut, grad_s):
-    """From grad_v = dL/dv_last (J, D, B): dL/d(votes), written whole into grad_u (I, J, D, B); or, when
-    the votes came from wt and ut (u empty), straight into grad_wt (I, J*D, K) and grad_ut (I, B, K)
-    without writing it out. grad_s[r] = dL/ds_r (J, D, B), whose sum over (r, b) is the bias gradient.
-    Scratch: g_b (R - 1, I, J, B), parts (threads, J, D, B).
+def backward(votes, saved, grad_v, loop, detach_inner, chain, scratch, grads):
+    """From grad_v = dL/dv_last (J, D, B): dL/d(votes), written whole into grads.grad_votes; or, when
+    the votes came from the weights, straight into grads.grad_wt and grads.grad_ut without writing it
+    out. grads.grad_s[r] = dL/ds_r (J, D, B), whose sum over (r, b) is the bias gradient.
 
     dL/du is a sum of outer products, one per use of u (as in capslab.routing.fused):
         sum_r c_r[i, j] g_s_r[j, :] + sum_{r>=1} g_b[r - 1][i, j] v_{r-1}[j, :]
@@ -224,11 +244,16 @@ def backward(u, wt, ut, ss, cs, vs, grad_v, leaky, eps, detach_inner, chain, thr
     iteration after the first finds the g_b, and a last pass forms the sum.
     ``detach_inner``: only the last iteration's sum reaches u (the logits still carry gradient to
     the bias). ``chain``: follow the logits back at all (False: only the last sum's term)."""
+    ss, cs, vs = saved.ss, saved.cs, saved.vs
+    g_b, parts = scratch.g_b, scratch.parts
+    grad_u, grad_wt, grad_ut, grad_s = grads.grad_votes, grads.grad_wt, grads.grad_ut, grads.grad_s
+    wt, ut = votes.wt, votes.ut
+    leaky, threads = loop.leaky, loop.threads
     I, J, B = g_b.shape[1:]
     D = ss.shape[2]
     R = ss.shape[0]
     dt = ss.dtype.type
-    eps = dt(eps)
+    eps = dt(loop.eps)
     c0 = _uniform(J, leaky, ss.dtype)
     g_v = grad_v.copy()
     grad_s[:] = 0
@@ -247,7 +272,7 @@ def backward(u, wt, ut, ss, cs, vs, grad_v, leaky, eps, detach_inner, chain, thr
             buf = np.empty((J, D, B), ss.dtype)
             i0, i1 = _share(I, threads, t)
             for i in range(i0, i1):
-                x = _votes(u, wt, ut, i, buf)
+                x = _votes(votes, i, buf)
                 dot[:] = 0
                 for j in range(J):  # dL/dc_r = u . g_s
                     for b in range(B):
@@ -271,7 +296,7 @@ def backward(u, wt, ut, ss, cs, vs, grad_v, leaky, eps, detach_inner, chain, thr
             g_v += parts[t]
     lo = R - 1 if detach_inner else first  # iterations whose terms reach u
     logits = chain and not detach_inner
-    from_weights = u.shape[0] == 0
+    from_weights = votes.from_weights
     K = ut.shape[1]
     for t in nb.prange(threads):
         buf = np.empty((J, D, B), ss.dtype)
