@@ -62,11 +62,22 @@ def main() -> None:
     if args.numba_pool:
         env["NUMBA_NUM_THREADS"] = str(args.numba_pool)
     t0 = time.time()
-    procs = [subprocess.Popen([sys.executable, "-c", CHILD, str(args.steps), str(args.batch)], env=env,
-                              stdout=subprocess.PIPE, text=True) for _ in range(args.jobs)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(args.steps), str(args.batch)], env=env, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(args.jobs)
+    ]
     runs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
-    result = {"cpu": cpu_model(), "jobs": args.jobs, "batch": args.batch, "steps": args.steps,
-              "numba_pool": args.numba_pool, "img_per_s": runs, "wall_s": round(time.time() - t0, 1)}
+    result = {
+        "cpu": cpu_model(),
+        "jobs": args.jobs,
+        "batch": args.batch,
+        "steps": args.steps,
+        "numba_pool": args.numba_pool,
+        "img_per_s": runs,
+        "wall_s": round(time.time() - t0, 1),
+    }
     suffix = f"-pool{args.numba_pool}" if args.numba_pool else ""
     out = Path(__file__).parent / "results" / f"concurrent-cpu{suffix}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")

@@ -124,8 +124,18 @@ def run_config(cfg: dict, args) -> dict:
 
 
 def child(cfg: dict, args) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(cfg), "--batch", str(args.batch),
-           "--reps", str(args.reps), "--device", args.device]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        json.dumps(cfg),
+        "--batch",
+        str(args.batch),
+        "--reps",
+        str(args.reps),
+        "--device",
+        args.device,
+    ]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     try:
@@ -133,7 +143,7 @@ def child(cfg: dict, args) -> dict:
     except subprocess.TimeoutExpired:
         return dict(cfg, error=f"timeout after {args.timeout:.0f} s")
     if res.returncode != 0:
-        tail = (res.stderr.strip().splitlines() or ["exit %d" % res.returncode])[-1]
+        tail = (res.stderr.strip().splitlines() or [f"exit {res.returncode}"])[-1]
         return dict(cfg, error=tail[:200])
     return json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -145,8 +155,9 @@ def configs(names: list[str], quick: bool) -> list[dict]:
         out.append({"routing": name, "in_caps": CAPSNET_I, "iterations": None, "sweep": "main"})
         if quick:
             continue
-        out += [{"routing": name, "in_caps": i, "iterations": None, "sweep": "in_caps"}
-                for i in SIZES if i != CAPSNET_I]
+        out += [
+            {"routing": name, "in_caps": i, "iterations": None, "sweep": "in_caps"} for i in SIZES if i != CAPSNET_I
+        ]
         if iterates:
             out += [{"routing": name, "in_caps": CAPSNET_I, "iterations": r, "sweep": "iterations"} for r in ITERATIONS]
     return out
@@ -174,26 +185,41 @@ def markdown(report: dict) -> str:
     def cell(r):
         return f"{fmt(r, 'ms')} / {fmt(r, 'peak_mb')}" if r else ""
 
-    lines = [BEGIN, "", f"Routing cost on {report['device']} ({report['threads']} threads, torch {report['torch']}), "
-             f"batch {report['batch']}, J = {J}, D = {D}; forward + backward, median of {report['reps']}. Peak: extra "
-             f"resident memory of the first forward + backward (votes and inputs excluded, the votes' gradient "
-             f"included). Command: `{report['command']}`; load average {report['loadavg']}.", "",
-             f"| routing | default iterations | votes storage | ms (I = {CAPSNET_I}) | peak MB |",
-             "|---|---|---|---|---|"]
+    lines = [
+        BEGIN,
+        "",
+        f"Routing cost on {report['device']} ({report['threads']} threads, torch {report['torch']}), "
+        f"batch {report['batch']}, J = {J}, D = {D}; forward + backward, median of {report['reps']}. Peak: extra "
+        f"resident memory of the first forward + backward (votes and inputs excluded, the votes' gradient "
+        f"included). Command: `{report['command']}`; load average {report['loadavg']}.",
+        "",
+        f"| routing | default iterations | votes storage | ms (I = {CAPSNET_I}) | peak MB |",
+        "|---|---|---|---|---|",
+    ]
     for n in names:
         r = find(n, sweep="main")
         its = capslab.registry("routing").get(n).Params().model_dump().get("iterations", "-")
         lines.append(f"| {n} | {its} | {r.get('layout', '') if r else ''} | {fmt(r, 'ms')} | {fmt(r, 'peak_mb')} |")
     if any(r["sweep"] == "in_caps" for r in rows):
         head = " | ".join(f"I={i}" for i in SIZES)
-        lines += ["", "Growth with the number of input capsules I (default iterations): ms / peak MB.", "",
-                  f"| routing | {head} |", "|---|" + "---|" * len(SIZES)]
+        lines += [
+            "",
+            "Growth with the number of input capsules I (default iterations): ms / peak MB.",
+            "",
+            f"| routing | {head} |",
+            "|---|" + "---|" * len(SIZES),
+        ]
         for n in names:
             lines.append(f"| {n} | " + " | ".join(cell(find(n, i)) for i in SIZES) + " |")
     if any(r["sweep"] == "iterations" for r in rows):
         head = " | ".join(f"r={k}" for k in ITERATIONS)
-        lines += ["", f"Growth with the number of iterations (I = {CAPSNET_I}): ms / peak MB.", "",
-                  f"| routing | {head} |", "|---|" + "---|" * len(ITERATIONS)]
+        lines += [
+            "",
+            f"Growth with the number of iterations (I = {CAPSNET_I}): ms / peak MB.",
+            "",
+            f"| routing | {head} |",
+            "|---|" + "---|" * len(ITERATIONS),
+        ]
         for n in names:
             cells = [find(n, it=k) for k in ITERATIONS]
             if any(cells):
@@ -206,7 +232,7 @@ def write_doc(text: str) -> None:
     DOC.parent.mkdir(parents=True, exist_ok=True)
     old = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
     if BEGIN in old and END in old:
-        new = old[: old.index(BEGIN)] + text + old[old.index(END) + len(END):]
+        new = old[: old.index(BEGIN)] + text + old[old.index(END) + len(END) :]
     else:
         new = old.rstrip("\n") + "\n\n" + text + "\n"
     DOC.write_text(new)
@@ -254,10 +280,16 @@ def main(argv=None) -> None:
 
     names = args.routings.split(",") if args.routings else capslab.registry("routing").names()
     device = torch.device(args.device)
-    report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
-              "torch": torch.__version__, "threads": torch.get_num_threads(), "batch": args.batch, "reps": args.reps,
-              "command": " ".join(["python benchmarks/routing.py", *sys.argv[1:]]),
-              "loadavg": " ".join(f"{x:.1f}" for x in os.getloadavg()), "results": []}
+    report = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "batch": args.batch,
+        "reps": args.reps,
+        "command": " ".join(["python benchmarks/routing.py", *sys.argv[1:]]),
+        "loadavg": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+        "results": [],
+    }
     for cfg in configs(names, args.quick):
         r = child(cfg, args)
         report["results"].append(r)

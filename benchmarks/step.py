@@ -8,7 +8,8 @@ The floor is forward + backward of Conv1 (+ ReLU) + the PrimaryCaps convolution 
 the full CapsNet training step (dynamic routing, 3 iterations; margin + reconstruction loss; Adam),
 at the same batch and memory format. Floor and step alternate within each repetition, so the ratio
 floor_time / step_time (= step throughput / floor throughput) is measured under the same load;
-medians are reported. Each variant is timed in a fresh process. Inference is the model's evaluation forward (no decoder target; masked by the
+medians are reported. Each variant is timed in a fresh process. Inference is the model's evaluation
+forward (no decoder target; masked by the
 prediction) under ``torch.inference_mode``. Peak memory is measured for the step alone, in a fresh
 subprocess: on CPU the peak resident set (VmHWM), on CUDA ``torch.cuda.max_memory_allocated``.
 Results go to benchmarks/results/step-<device>.json.
@@ -43,17 +44,27 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--variants", default=None,
-                   help="comma list of fp32, fp32-cl, bf16, bf16-cl, compile, fp32-ops, fp32-plain (default: what the "
-                        "device supports; fp32-ops: the fused loop of PyTorch operators instead of the compiled CPU "
-                        "kernel; fp32-plain: the plain routing loop on einsum votes, the reference for the speed-up)")
+    p.add_argument(
+        "--variants",
+        default=None,
+        help="comma list of fp32, fp32-cl, bf16, bf16-cl, compile, fp32-ops, fp32-plain (default: what the "
+        "device supports; fp32-ops: the fused loop of PyTorch operators instead of the compiled CPU "
+        "kernel; fp32-plain: the plain routing loop on einsum votes, the reference for the speed-up)",
+    )
     p.add_argument("--adam", choices=["fused", "foreach"], default="fused")
-    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                   help="cpu: process CPU time, steadier with --threads 1 on a machine other jobs load")
+    p.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu: process CPU time, steadier with --threads 1 on a machine other jobs load",
+    )
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--profile", action="store_true",
-                   help="print torch.profiler's per-operator table of one step of the first variant, and exit")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="print torch.profiler's per-operator table of one step of the first variant, and exit",
+    )
     p.add_argument("--peak-child", default=None, help=argparse.SUPPRESS)  # internal: one variant's peak memory
     p.add_argument("--measure-child", default=None, help=argparse.SUPPRESS)  # internal: one variant's timings
     return p.parse_args(argv)
@@ -176,10 +187,16 @@ def measure(variant: str, args, device: torch.device) -> dict:
         ratios.append(floor[-1] / step[-1])
     f, st, inf = (statistics.median(v) for v in (floor, step, infer))
     return {
-        "floor_s": f, "step_s": st, "infer_s": inf,
-        "floor_img_s": args.batch / f, "train_img_s": args.batch / st, "infer_img_s": args.batch / inf,
-        "ratio": f / st, "ratio_median_of_pairs": statistics.median(ratios),
-        "floor_all_s": floor, "step_all_s": step,
+        "floor_s": f,
+        "step_s": st,
+        "infer_s": inf,
+        "floor_img_s": args.batch / f,
+        "train_img_s": args.batch / st,
+        "infer_img_s": args.batch / inf,
+        "ratio": f / st,
+        "ratio_median_of_pairs": statistics.median(ratios),
+        "floor_all_s": floor,
+        "step_all_s": step,
     }
 
 
@@ -210,8 +227,11 @@ def profile_step(variant: str, args, device: torch.device) -> None:
         with profile(activities=activities, record_shapes=True) as prof:
             fn()
         print(f"{variant} {name}")
-        print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=20,
-                                                                 max_name_column_width=40))
+        print(
+            prof.key_averages(group_by_input_shape=True).table(
+                sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=40
+            )
+        )
 
 
 def in_child(flag: str, variant: str, args) -> dict:
@@ -219,9 +239,24 @@ def in_child(flag: str, variant: str, args) -> dict:
 
     A fresh process per variant: in one process, a variant measured after another ran 3-8% slower
     (allocator and thread-pool state left by the first), whichever came first."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), flag, variant, "--batch", str(args.batch),
-           "--device", args.device, "--adam", args.adam, "--warmup", str(args.warmup), "--reps", str(args.reps),
-           "--clock", args.clock]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        flag,
+        variant,
+        "--batch",
+        str(args.batch),
+        "--device",
+        args.device,
+        "--adam",
+        args.adam,
+        "--warmup",
+        str(args.warmup),
+        "--reps",
+        str(args.reps),
+        "--clock",
+        args.clock,
+    ]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     res = subprocess.run(cmd, capture_output=True, text=True)
@@ -253,10 +288,17 @@ def main(argv=None) -> None:
         return profile_step(variants[0], args, device)
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     report = {
-        "device": dev_name, "device_type": device.type, "torch": torch.__version__, "capslab": capslab.__version__,
-        "threads": torch.get_num_threads(), "batch": args.batch, "reps": args.reps, "adam": args.adam,
+        "device": dev_name,
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "capslab": capslab.__version__,
+        "threads": torch.get_num_threads(),
+        "batch": args.batch,
+        "reps": args.reps,
+        "adam": args.adam,
         "clock": args.clock,
-        "loadavg_before": os.getloadavg(), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "loadavg_before": os.getloadavg(),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "variants": {},
     }
     for v in variants:
@@ -265,9 +307,11 @@ def main(argv=None) -> None:
             r.update(in_child("--peak-child", v, args))
         report["variants"][v] = r
         mem = f", peak {r['peak_rss_mb']:.0f} MB RSS" if "peak_rss_mb" in r else ""
-        print(f"{v:8s} floor {r['floor_s']:.3f} s ({r['floor_img_s']:.0f} img/s)  step {r['step_s']:.3f} s "
-              f"({r['train_img_s']:.0f} img/s)  ratio {r['ratio']:.3f}  inference {r['infer_img_s']:.0f} img/s{mem}",
-              flush=True)
+        print(
+            f"{v:8s} floor {r['floor_s']:.3f} s ({r['floor_img_s']:.0f} img/s)  step {r['step_s']:.3f} s "
+            f"({r['train_img_s']:.0f} img/s)  ratio {r['ratio']:.3f}  inference {r['infer_img_s']:.0f} img/s{mem}",
+            flush=True,
+        )
     report["loadavg_after"] = os.getloadavg()
     if device.type == "cpu" and "fp32" in report["variants"]:
         report["targets"] = targets(report["variants"]["fp32"])

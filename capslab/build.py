@@ -53,7 +53,7 @@ def build_model(
 
     def make_routing(spec: RoutingSpec) -> Routing:
         r = build_routing(routing, spec, squash_module)
-        r._caller = model_name  # named by capslab.routing.base.MissingRoutingInput
+        r._caller = model_name  # type: ignore[assignment]  # named by capslab.routing.base.MissingRoutingInput
         return r
 
     return build("model", section, BuildContext(info, make_routing, squash_module))

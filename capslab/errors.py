@@ -30,8 +30,11 @@ class UnknownNameError(CapslabError, KeyError):
 
     def __str__(self) -> str:
         known = ", ".join(self.known) or "(none: run pip install -e .)"
-        broken = f"; left out as broken: plugin {', '.join(map(repr, self.failed))} (capslab plugins says why)" \
-            if self.failed else ""
+        broken = (
+            f"; left out as broken: plugin {', '.join(map(repr, self.failed))} (capslab plugins says why)"
+            if self.failed
+            else ""
+        )
         return f"unknown {self.kind} {self.name!r}{did_you_mean(self.name, self.known)}; known: {known}{broken}"
 
 

@@ -13,14 +13,17 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+_Params = Params  # the base class, under a name the attribute below does not shadow
+
+
 class Component:
     """Mixin for everything a registry holds: a registry ``name`` and a ``Params`` model."""
 
     name: ClassVar[str] = ""
-    Params: ClassVar[type[Params]] = Params
+    Params: ClassVar[type[_Params]] = _Params
 
     @classmethod
-    def validate_params(cls, params: dict[str, Any] | None = None) -> Params:
+    def validate_params(cls, params: dict[str, Any] | None = None) -> _Params:
         return cls.Params.model_validate(params or {})
 
 

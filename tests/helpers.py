@@ -13,9 +13,22 @@ ROOT = Path(__file__).resolve().parents[1]
 def install_package(src: Path, target: Path) -> None:
     """pip-install a plugin package (no deps, no network) into ``target``, as a user's pip would."""
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
-         "--target", str(target), str(src)],
-        check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
 
 

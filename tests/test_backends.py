@@ -3,21 +3,26 @@ plugin contract that the speed paths no longer leak into."""
 
 import pytest
 import torch
-from capslab_plugins.routing.dynamic import DynamicRouting
 from test_cli import TINY, run
 
 import capslab
 from capslab.routing import backends, kernel
 from capslab.routing.backends import Backend, VotesLayout
+from capslab_plugins.routing.dynamic import DynamicRouting
 
 SPEC = capslab.RoutingSpec(in_caps=32, out_caps=10, pose_dim=16, in_pose_dim=8)  # the CapsNet class layer, small
 
 # On the CPU in float32 without diagnostics: what a training step of each built-in routing runs.
 EXPECTED = {
     "dynamic": Backend.KERNEL if kernel.available() else Backend.FUSED,
-    "max_min": Backend.FUSED, "uniform": Backend.FUSED, "random": Backend.FUSED,
-    "em": Backend.REFERENCE, "variational_bayes": Backend.REFERENCE, "self_routing": Backend.REFERENCE,
-    "self_attention": Backend.REFERENCE, "inverted_dot_product": Backend.REFERENCE,
+    "max_min": Backend.FUSED,
+    "uniform": Backend.FUSED,
+    "random": Backend.FUSED,
+    "em": Backend.REFERENCE,
+    "variational_bayes": Backend.REFERENCE,
+    "self_routing": Backend.REFERENCE,
+    "self_attention": Backend.REFERENCE,
+    "inverted_dot_product": Backend.REFERENCE,
 }
 
 
@@ -96,9 +101,18 @@ def test_a_subclass_with_its_own_coupling_is_not_taken_for_the_compiled_one(monk
 def test_the_recipe_key_reaches_the_trainer(tmp_path, monkeypatch):
     seen = []
     choose = backends.choose
-    monkeypatch.setattr(backends, "choose", lambda *a, **k: seen.append(backends.allowed(Backend.FUSED)) or choose(*a, **k))
-    r = run("train", "recipes/quickstart.yaml", "train.epochs=1", *TINY, "train.routing_backend=reference",
-            "--run-dir", tmp_path / "r")
+    monkeypatch.setattr(
+        backends, "choose", lambda *a, **k: seen.append(backends.allowed(Backend.FUSED)) or choose(*a, **k)
+    )
+    r = run(
+        "train",
+        "recipes/quickstart.yaml",
+        "train.epochs=1",
+        *TINY,
+        "train.routing_backend=reference",
+        "--run-dir",
+        tmp_path / "r",
+    )
     assert r.exit_code == 0, r.output
     assert seen and not any(seen)  # every routing call ran with the fast paths switched off
     bad = run("validate", "recipes/quickstart.yaml", "train.routing_backend=fastest")
@@ -116,9 +130,20 @@ def test_the_plugin_contract_is_what_the_docs_list():
     declarations of what a routing needs, and nothing of the speed paths."""
     base = set(dir(capslab.Routing)) - set(dir(torch.nn.Module))
     assert {a for a in base if not a.startswith("_")} == {
-        "name", "Params", "route", "iterations", "needs_activations", "needs_poses", "ranks_by", "stochastic",
-        "validate_params"}
+        "name",
+        "Params",
+        "route",
+        "iterations",
+        "needs_activations",
+        "needs_poses",
+        "ranks_by",
+        "stochastic",
+        "validate_params",
+    }
     agreement = set(dir(capslab.AgreementRouting)) - set(dir(capslab.Routing))
     assert {a for a in agreement if not a.startswith("_")} == {"couple", "initial_logits"}
     assert {a for a in set(dir(capslab.Squash)) - set(dir(torch.nn.Module)) if not a.startswith("_")} == {
-        "name", "Params", "validate_params"}
+        "name",
+        "Params",
+        "validate_params",
+    }

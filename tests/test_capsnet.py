@@ -45,8 +45,9 @@ def test_votes_use_a_separate_w_per_input_and_output_pair():
     u = torch.randn(2, 5, 3)
     weight = torch.randn(4, 5, 3, 6)  # (J, I, K, D)
     votes = capslab.compute_votes(u, weight)  # (B, I, J, D)
-    expected = torch.stack([torch.stack([torch.stack([u[b, i] @ weight[j, i] for j in range(4)]) for i in range(5)])
-                            for b in range(2)])
+    expected = torch.stack(
+        [torch.stack([torch.stack([u[b, i] @ weight[j, i] for j in range(4)]) for i in range(5)]) for b in range(2)]
+    )
     torch.testing.assert_close(votes, expected)
 
 

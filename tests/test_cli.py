@@ -9,12 +9,18 @@ import pytest
 from typer.testing import CliRunner
 
 import capslab
+from capslab.cli.main import app
 from capslab.data import write_idx
 
-from capslab.cli.main import app
-
-TINY = ["model.conv_channels=16", "model.primary_types=4", "model.decoder_hidden=[32, 64]", "train.limit_train=64",
-        "train.limit_test=20", "train.batch_size=32", "train.device=cpu"]
+TINY = [
+    "model.conv_channels=16",
+    "model.primary_types=4",
+    "model.decoder_hidden=[32, 64]",
+    "train.limit_train=64",
+    "train.limit_test=20",
+    "train.batch_size=32",
+    "train.device=cpu",
+]
 
 
 def run(*args):
@@ -37,8 +43,13 @@ def bad_recipe(tmp_path):
 
 
 def test_bad_key_is_one_line_with_did_you_mean(bad_recipe):
-    assert one_error_line(run("validate", bad_recipe)) == f"{bad_recipe}:2:25: optimizer.lrr: unknown key; did you mean 'lr'?"
-    assert one_error_line(run("train", bad_recipe)) == f"{bad_recipe}:2:25: optimizer.lrr: unknown key; did you mean 'lr'?"
+    assert (
+        one_error_line(run("validate", bad_recipe))
+        == f"{bad_recipe}:2:25: optimizer.lrr: unknown key; did you mean 'lr'?"
+    )
+    assert (
+        one_error_line(run("train", bad_recipe)) == f"{bad_recipe}:2:25: optimizer.lrr: unknown key; did you mean 'lr'?"
+    )
 
 
 def test_unknown_plugin_name_is_one_line_with_did_you_mean():
@@ -56,8 +67,10 @@ def test_every_problem_is_listed_one_per_line(tmp_path):
     path.write_text("seedd: 1\ntrain: {epochs: 0}\n")
     result = run("validate", path)
     assert result.exit_code == 2
-    assert result.stderr.splitlines() == [f"error: {path}:1:1: seedd: unknown key; did you mean 'seed'?",
-                                          f"error: {path}:2:9: train.epochs: Input should be greater than or equal to 1 (got 0)"]
+    assert result.stderr.splitlines() == [
+        f"error: {path}:1:1: seedd: unknown key; did you mean 'seed'?",
+        f"error: {path}:2:9: train.epochs: Input should be greater than or equal to 1 (got 0)",
+    ]
 
 
 def test_validate_reports_the_model_and_shows_the_resolved_recipe():
@@ -98,7 +111,9 @@ def test_tiny_train_then_eval_inspect_and_resume(tmp_path):
 
     result = run("inspect", run_dir)
     assert result.exit_code == 0, result.output
-    assert "step 2, epoch 1" in result.stdout and "caps.weight" in result.stdout and "conv_channels: 16" in result.stdout
+    assert (
+        "step 2, epoch 1" in result.stdout and "caps.weight" in result.stdout and "conv_channels: 16" in result.stdout
+    )
 
     assert "already holds a run" in one_error_line(run("train", "quickstart", *TINY, "--run-dir", run_dir))
     msg = one_error_line(run("train", "routing.iterations=2", "--resume", run_dir))
@@ -116,7 +131,7 @@ def test_corrupt_checkpoint_is_one_line_naming_the_file(tmp_path):
     for command in ("eval", "inspect"):
         msg = one_error_line(run(command, tmp_path))
         assert msg.startswith(f"{step_dir / 'model.safetensors'}: corrupt or not a capslab safetensors checkpoint")
-    assert "no checkpoint here" in one_error_line(run("eval", tmp_path / "checkpoints" / ".."  / ".."))
+    assert "no checkpoint here" in one_error_line(run("eval", tmp_path / "checkpoints" / ".." / ".."))
 
 
 def test_console_script_exits_2_without_traceback(bad_recipe):

@@ -10,8 +10,15 @@ from capslab.cli.main import app
 from capslab.compare import aggregate, load_compare, markdown_table, run_compare
 from capslab.recipe import RecipeError
 
-TINY = ["train.epochs=1", "train.limit_train=32", "train.limit_test=20", "train.batch_size=16",
-        "model.conv_channels=4", "model.primary_types=2", "train.log_every=1"]
+TINY = [
+    "train.epochs=1",
+    "train.limit_train=32",
+    "train.limit_test=20",
+    "train.batch_size=16",
+    "model.conv_channels=4",
+    "model.primary_types=2",
+    "train.log_every=1",
+]
 
 
 def write(tmp_path, text, name="cmp.yaml"):
@@ -21,7 +28,9 @@ def write(tmp_path, text, name="cmp.yaml"):
 
 
 def test_variants_times_grid_times_seeds(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 base: quickstart
 variants:
   - {label: dyn}
@@ -29,24 +38,32 @@ variants:
 grid:
   routing.iterations: [1, 3]
 seeds: [0, 1, 2]
-""")
+""",
+    )
     runs = load_compare(path)
     assert len(runs) == 2 * 2 * 3
     labels = sorted({r.variant for r in runs})
-    assert labels == ["dyn, iterations=1", "dyn, iterations=3", "routing=max_min, iterations=1",
-                      "routing=max_min, iterations=3"]
+    assert labels == [
+        "dyn, iterations=1",
+        "dyn, iterations=3",
+        "routing=max_min, iterations=1",
+        "routing=max_min, iterations=3",
+    ]
     r = next(r for r in runs if r.variant == "routing=max_min, iterations=3" and r.seed == 2)
     assert (r.recipe.routing.name, r.recipe.routing.params["iterations"], r.recipe.seed) == ("max_min", 3, 2)
 
 
 def test_every_runs_recipe_is_validated_before_anything_runs(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 base: quickstart
 variants:
   - {label: good}
   - {label: bad, routing.iteratons: 2}
   - {label: unknown, routing: dynamc}
-""")
+""",
+    )
     with pytest.raises(RecipeError) as err:
         load_compare(path)
     text = str(err.value)
@@ -103,10 +120,21 @@ def test_shared_backbone_comparison_changes_only_the_routing_over_three_seeds():
     runs = load_compare(RECIPES / "compare" / "routing.yaml")
     assert sorted({r.seed for r in runs}) == [0, 1, 2]
     routings = {r.recipe.routing.name for r in runs}
-    assert routings == {"dynamic", "uniform", "random", "max_min", "inverted_dot_product", "self_routing",
-                        "variational_bayes", "em", "self_attention"}
-    rest = {json.dumps({k: v for k, v in r.recipe.to_dict().items() if k not in ("routing", "seed")}, sort_keys=True)
-            for r in runs}
+    assert routings == {
+        "dynamic",
+        "uniform",
+        "random",
+        "max_min",
+        "inverted_dot_product",
+        "self_routing",
+        "variational_bayes",
+        "em",
+        "self_attention",
+    }
+    rest = {
+        json.dumps({k: v for k, v in r.recipe.to_dict().items() if k not in ("routing", "seed")}, sort_keys=True)
+        for r in runs
+    }
     assert len(rest) == 1, "variants differ beyond their routing"
     model = runs[0].recipe.model.params
     assert model["activations"] == "length"  # EM, VB and self-routing get the primary capsules' lengths
@@ -114,15 +142,26 @@ def test_shared_backbone_comparison_changes_only_the_routing_over_three_seeds():
 
 def test_paper_setting_comparison_pairs_each_routing_with_its_papers_setup():
     runs = {r.recipe.routing.name: r.recipe for r in load_compare(RECIPES / "compare" / "papers.yaml")}
-    assert set(runs) == {"dynamic", "max_min", "em", "self_attention", "inverted_dot_product", "self_routing",
-                         "variational_bayes"}
+    assert set(runs) == {
+        "dynamic",
+        "max_min",
+        "em",
+        "self_attention",
+        "inverted_dot_product",
+        "self_routing",
+        "variational_bayes",
+    }
     assert (runs["em"].model.name, runs["em"].loss.name) == ("matrix_capsnet", "spread")
     assert (runs["self_attention"].model.name, runs["self_attention"].squash.name) == ("efficient_capsnet", "efficient")
     assert (runs["inverted_dot_product"].routing.params["readout"], runs["inverted_dot_product"].loss.name) == (
-        "linear", "cross_entropy")
+        "linear",
+        "cross_entropy",
+    )
     assert (runs["self_routing"].model.params["activations"], runs["self_routing"].loss.name) == ("sigmoid", "nll")
     assert runs["variational_bayes"].loss.name == "cross_entropy"
-    assert runs["variational_bayes"].routing.params["batch_norm"] and runs["variational_bayes"].routing.params["pose_norm"]
+    assert (
+        runs["variational_bayes"].routing.params["batch_norm"] and runs["variational_bayes"].routing.params["pose_norm"]
+    )
 
 
 @pytest.mark.parametrize("path", sorted(RECIPES.rglob("*.yaml")), ids=lambda p: str(p.relative_to(RECIPES)))

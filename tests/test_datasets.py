@@ -33,13 +33,17 @@ def one_line_error(excinfo, *parts: str) -> str:
 
 
 @pytest.mark.parametrize("name", ["a.idx", "a.idx.gz"])
-@pytest.mark.parametrize("array", [
-    np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4),
-    np.array([-5, 0, 70000], dtype=np.int32),
-    np.linspace(-1, 1, 6, dtype=np.float32).reshape(3, 2),
-    np.array([[1.5, -2.25]], dtype=np.float64),
-    np.array([-3, 4], dtype=np.int16),
-], ids=["uint8-3d", "int32", "float32", "float64", "int16"])
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4),
+        np.array([-5, 0, 70000], dtype=np.int32),
+        np.linspace(-1, 1, 6, dtype=np.float32).reshape(3, 2),
+        np.array([[1.5, -2.25]], dtype=np.float64),
+        np.array([-3, 4], dtype=np.int16),
+    ],
+    ids=["uint8-3d", "int32", "float32", "float64", "int16"],
+)
 def test_idx_round_trip(tmp_path, name, array):
     path = write_idx(tmp_path / name, array)
     assert (path.read_bytes()[:2] == b"\x1f\x8b") == name.endswith(".gz")
@@ -51,7 +55,7 @@ def test_idx_round_trip(tmp_path, name, array):
 def test_idx_header_is_big_endian_mnist_layout(tmp_path):
     path = write_idx(tmp_path / "x", np.zeros((2, 28, 28), np.uint8))
     data = path.read_bytes()
-    assert data[:16] == bytes.fromhex("00000803" "00000002" "0000001c" "0000001c") and len(data) == 16 + 2 * 784
+    assert data[:16] == bytes.fromhex("00000803000000020000001c0000001c") and len(data) == 16 + 2 * 784
 
 
 def test_gzip_is_detected_by_magic_bytes_not_extension(tmp_path):
@@ -69,14 +73,18 @@ def _idx_bytes(array) -> bytes:
 GOOD = _idx_bytes(np.ones((2, 3, 3), np.uint8))
 
 
-@pytest.mark.parametrize(("data", "expected"), [
-    (b"", "not an IDX file"),
-    (b"\x12\x34\x08\x03" + GOOD[4:], "magic number 0x12340803"),
-    (b"\x00\x00\x07\x03" + GOOD[4:], "magic number 0x00000703"),  # no such type code
-    (GOOD[:10], "truncated IDX header"),
-    (GOOD[:-1], "truncated: header says shape (2, 3, 3) (18 bytes of data) but the file holds 17"),
-    (GOOD + b"\x00", "has trailing bytes"),
-], ids=["empty", "bad-magic", "bad-type", "short-header", "truncated", "trailing"])
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"", "not an IDX file"),
+        (b"\x12\x34\x08\x03" + GOOD[4:], "magic number 0x12340803"),
+        (b"\x00\x00\x07\x03" + GOOD[4:], "magic number 0x00000703"),  # no such type code
+        (GOOD[:10], "truncated IDX header"),
+        (GOOD[:-1], "truncated: header says shape (2, 3, 3) (18 bytes of data) but the file holds 17"),
+        (GOOD + b"\x00", "has trailing bytes"),
+    ],
+    ids=["empty", "bad-magic", "bad-type", "short-header", "truncated", "trailing"],
+)
 @pytest.mark.parametrize("gz", [False, True], ids=["raw", "gz"])
 def test_malformed_idx_is_a_one_line_data_error(tmp_path, data, expected, gz):
     path = tmp_path / "bad-images-idx3-ubyte"
@@ -160,26 +168,46 @@ def test_checksum_mismatch_is_a_data_error_and_keeps_nothing(tmp_path):
     server = LocalServer({"https://example.org/a.gz": src})
     with pytest.raises(capslab.DataError) as excinfo:
         fetch("a.gz", "https://example.org/a.gz", "md5:" + "0" * 32, tmp_path / "cache", downloader=server)
-    one_line_error(excinfo, str(tmp_path / "cache" / "a.gz"), "https://example.org/a.gz", "checksum mismatch",
-                   "download a.gz yourself into")
+    one_line_error(
+        excinfo,
+        str(tmp_path / "cache" / "a.gz"),
+        "https://example.org/a.gz",
+        "checksum mismatch",
+        "download a.gz yourself into",
+    )
     assert not (tmp_path / "cache" / "a.gz").exists()
 
 
 def test_failed_download_names_every_url_and_the_fix(tmp_path):
     server = LocalServer({})
     with pytest.raises(capslab.DataError) as excinfo:
-        fetch("a.gz", ["https://one.example/a.gz", "http://two.example/a.gz"], "md5:" + "0" * 32, tmp_path,
-              downloader=server)
-    one_line_error(excinfo, "https://one.example/a.gz: ConnectionError", "http://two.example/a.gz: ConnectionError",
-                   f"yourself into {tmp_path}", "set data_dir")
+        fetch(
+            "a.gz",
+            ["https://one.example/a.gz", "http://two.example/a.gz"],
+            "md5:" + "0" * 32,
+            tmp_path,
+            downloader=server,
+        )
+    one_line_error(
+        excinfo,
+        "https://one.example/a.gz: ConnectionError",
+        "http://two.example/a.gz: ConnectionError",
+        f"yourself into {tmp_path}",
+        "set data_dir",
+    )
     assert len(server.requests) == 2
 
 
 def test_fetch_falls_back_to_the_next_mirror(tmp_path):
     src = write_idx(tmp_path / "src.gz", np.arange(3, dtype=np.uint8))
     server = LocalServer({"http://two.example/a.gz": src})
-    path = fetch("a.gz", ["https://one.example/a.gz", "http://two.example/a.gz"], f"md5:{md5(src)}", tmp_path / "c",
-                 downloader=server)
+    path = fetch(
+        "a.gz",
+        ["https://one.example/a.gz", "http://two.example/a.gz"],
+        f"md5:{md5(src)}",
+        tmp_path / "c",
+        downloader=server,
+    )
     assert path.read_bytes() == src.read_bytes()
 
 
@@ -238,17 +266,29 @@ def test_mnist_download_is_checked_against_the_known_md5(tmp_path, monkeypatch):
     import pooch.downloaders
 
     fake = write_idx(tmp_path / "fake.gz", np.zeros((1, 28, 28), np.uint8))
-    server = LocalServer({url: fake for url in [
-        "https://ossci-datasets.s3.amazonaws.com/mnist/train-images-idx3-ubyte.gz",
-        "http://yann.lecun.com/exdb/mnist/train-images-idx3-ubyte.gz"]})
+    server = LocalServer(
+        {
+            url: fake
+            for url in [
+                "https://ossci-datasets.s3.amazonaws.com/mnist/train-images-idx3-ubyte.gz",
+                "http://yann.lecun.com/exdb/mnist/train-images-idx3-ubyte.gz",
+            ]
+        }
+    )
     monkeypatch.setattr(pooch.downloaders, "choose_downloader", lambda url, progressbar=False: server)
     monkeypatch.setenv("CAPSLAB_DATA", str(tmp_path / "cache"))
     ds = capslab.build_dataset("mnist")
     assert ds.directory() == tmp_path / "cache" / "mnist"
     with pytest.raises(capslab.DataError) as excinfo:
         ds.load("train")
-    one_line_error(excinfo, "train-images-idx3-ubyte.gz", "checksum mismatch", "md5:f68b3c2dcbeaaa9fbdd348bbdeb94873",
-                   "https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
+    one_line_error(
+        excinfo,
+        "train-images-idx3-ubyte.gz",
+        "checksum mismatch",
+        "md5:f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        "http://yann.lecun.com/exdb/mnist/",
+    )
     assert len(server.requests) == 2 and not list((tmp_path / "cache" / "mnist").glob("*.gz"))
 
 
@@ -273,8 +313,10 @@ def test_idx_dataset_downloads_missing_files_into_data_dir(tmp_path, monkeypatch
     monkeypatch.setattr(capslab.data.idx, "fetch", lambda *a, **k: real_fetch(*a, **k, downloader=server))
     target = tmp_path / "data"
     test = TinyIDX(data_dir=str(target), verify=True).load("test")
-    assert sorted(server.requests) == ["https://tiny.example/t10k-images-idx3-ubyte.gz",
-                                       "https://tiny.example/t10k-labels-idx1-ubyte.gz"]
+    assert sorted(server.requests) == [
+        "https://tiny.example/t10k-images-idx3-ubyte.gz",
+        "https://tiny.example/t10k-labels-idx1-ubyte.gz",
+    ]
     assert sorted(p.name for p in target.iterdir()) == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
     np.testing.assert_array_equal(test.images[:, 0].numpy(), arrays["test"][0])
     TinyIDX(data_dir=str(target), verify=True).load("test")
@@ -286,8 +328,13 @@ def test_verify_rejects_files_that_are_not_the_official_release(tmp_path):
     ds = capslab.build_dataset({"name": "mnist", "data_dir": str(tmp_path), "verify": True})
     with pytest.raises(capslab.DataError) as excinfo:
         ds.load("test")
-    one_line_error(excinfo, str(tmp_path / "t10k-images-idx3-ubyte"), "checksum mismatch",
-                   "2646ac647ad5339dbf082846283269ea", "verify: false")
+    one_line_error(
+        excinfo,
+        str(tmp_path / "t10k-images-idx3-ubyte"),
+        "checksum mismatch",
+        "2646ac647ad5339dbf082846283269ea",
+        "verify: false",
+    )
 
 
 def test_idx_dataset_rejects_wrong_image_size_and_labels(tmp_path):
@@ -393,8 +440,9 @@ def naive_shift(image: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
     """(C, H, W) moved right by dx and down by dy, zero fill: written with slices, one image at a time."""
     out = torch.zeros_like(image)
     h, w = image.shape[-2:]
-    out[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
-        image[:, max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+    out[:, max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = image[
+        :, max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)
+    ]
     return out
 
 

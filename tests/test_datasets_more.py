@@ -46,9 +46,14 @@ def load_error(section: dict, split: str = "test", *parts: str) -> str:
 
 
 def cifar_batches(n=3, keys=str) -> dict[str, dict]:
-    return {name: {keys("data"): RNG.integers(0, 256, (n, 3072), dtype=np.uint8),
-                   keys("labels"): [int(v) for v in RNG.integers(0, 10, n)], keys("batch_label"): name}
-            for name in cifar10.BATCHES}
+    return {
+        name: {
+            keys("data"): RNG.integers(0, 256, (n, 3072), dtype=np.uint8),
+            keys("labels"): [int(v) for v in RNG.integers(0, 10, n)],
+            keys("batch_label"): name,
+        }
+        for name in cifar10.BATCHES
+    }
 
 
 def write_cifar_tar(path: Path, batches: dict, protocol=2, skip=()) -> Path:
@@ -63,8 +68,9 @@ def write_cifar_tar(path: Path, batches: dict, protocol=2, skip=()) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("protocol", "keys"), [(2, str), (5, str), (2, lambda k: k.encode())],
-                         ids=["protocol2", "protocol5", "bytes-keys"])
+@pytest.mark.parametrize(
+    ("protocol", "keys"), [(2, str), (5, str), (2, lambda k: k.encode())], ids=["protocol2", "protocol5", "bytes-keys"]
+)
 def test_cifar10_reads_the_python_tarball(tmp_path, protocol, keys):
     batches = cifar_batches(keys=keys)
     write_cifar_tar(tmp_path / "cifar-10-python.tar.gz", batches, protocol)
@@ -100,8 +106,14 @@ def test_cifar10_reads_the_extracted_folder_and_verifies_it(tmp_path):
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
     test = capslab.build_dataset({"name": "cifar10", "data_dir": str(tmp_path), "download": False}).load("test")
     np.testing.assert_array_equal(test.images.flatten(1).numpy(), batches["test_batch"]["data"])
-    load_error({"name": "cifar10", "data_dir": str(tmp_path), "verify": True}, "test",
-               str(folder / "test_batch"), "checksum mismatch", "40351d587109b95175f43aff81a1287e", "verify: false")
+    load_error(
+        {"name": "cifar10", "data_dir": str(tmp_path), "verify": True},
+        "test",
+        str(folder / "test_batch"),
+        "checksum mismatch",
+        "40351d587109b95175f43aff81a1287e",
+        "verify: false",
+    )
 
 
 def test_cifar10_refuses_pickles_that_would_run_code(tmp_path):
@@ -112,23 +124,32 @@ def test_cifar10_refuses_pickles_that_would_run_code(tmp_path):
     batches = cifar_batches()
     batches["test_batch"] = pickle.dumps({"data": Evil()})
     path = write_cifar_tar(tmp_path / "cifar-10-python.tar.gz", batches)
-    load_error({"name": "cifar10", "data_dir": str(tmp_path)}, "test",
-               f"{path}:cifar-10-batches-py/test_batch", "refusing to load builtins.print")
+    load_error(
+        {"name": "cifar10", "data_dir": str(tmp_path)},
+        "test",
+        f"{path}:cifar-10-batches-py/test_batch",
+        "refusing to load builtins.print",
+    )
 
 
-@pytest.mark.parametrize(("batch", "expected"), [
-    (b"not a pickle", "not a CIFAR batch pickle"),
-    ({"data": np.zeros((2, 3072), np.uint8), "fine_labels": [1, 2]}, "CIFAR-100 has 'fine_labels'"),
-    ({"data": np.zeros((2, 1024), np.uint8), "labels": [1, 2]}, "shape (2, 1024), expected (N, 3072)"),
-    ({"data": np.zeros((2, 3072), np.uint8), "labels": [1, 10]}, "labels range 1..10, expected 0..9"),
-    ({"data": np.zeros((2, 3072), np.uint8), "labels": [1]}, "1 labels for 2 images"),
-], ids=["garbage", "cifar100", "shape", "label-range", "count"])
+@pytest.mark.parametrize(
+    ("batch", "expected"),
+    [
+        (b"not a pickle", "not a CIFAR batch pickle"),
+        ({"data": np.zeros((2, 3072), np.uint8), "fine_labels": [1, 2]}, "CIFAR-100 has 'fine_labels'"),
+        ({"data": np.zeros((2, 1024), np.uint8), "labels": [1, 2]}, "shape (2, 1024), expected (N, 3072)"),
+        ({"data": np.zeros((2, 3072), np.uint8), "labels": [1, 10]}, "labels range 1..10, expected 0..9"),
+        ({"data": np.zeros((2, 3072), np.uint8), "labels": [1]}, "1 labels for 2 images"),
+    ],
+    ids=["garbage", "cifar100", "shape", "label-range", "count"],
+)
 def test_cifar10_malformed_batches(tmp_path, batch, expected):
     batches = cifar_batches()
     batches["test_batch"] = batch
     path = write_cifar_tar(tmp_path / "cifar-10-python.tar.gz", batches)
-    load_error({"name": "cifar10", "data_dir": str(tmp_path)}, "test", f"{path}:cifar-10-batches-py/test_batch",
-               expected)
+    load_error(
+        {"name": "cifar10", "data_dir": str(tmp_path)}, "test", f"{path}:cifar-10-batches-py/test_batch", expected
+    )
 
 
 def test_cifar10_truncated_or_incomplete_tarball(tmp_path):
@@ -144,8 +165,13 @@ def test_cifar10_truncated_or_incomplete_tarball(tmp_path):
 def test_cifar10_download_is_checked_against_the_known_md5(tmp_path, monkeypatch):
     fake = write_cifar_tar(tmp_path / "fake.tar.gz", cifar_batches())
     server = serve(monkeypatch, tmp_path, {"https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz": fake})
-    load_error({"name": "cifar10"}, "test", "cifar-10-python.tar.gz", "checksum mismatch",
-               "md5:c58f30108f718f92721af3b95e74349a")
+    load_error(
+        {"name": "cifar10"},
+        "test",
+        "cifar-10-python.tar.gz",
+        "checksum mismatch",
+        "md5:c58f30108f718f92721af3b95e74349a",
+    )
     assert len(server.requests) == 1 and not (tmp_path / "cache" / "cifar10" / "cifar-10-python.tar.gz").exists()
 
 
@@ -207,13 +233,24 @@ def test_svhn_without_scipy_says_how_to_install_it(tmp_path, monkeypatch):
 
 def test_svhn_checksums(tmp_path, monkeypatch):
     write_svhn(tmp_path / "test_32x32.mat")
-    load_error({"name": "svhn", "data_dir": str(tmp_path), "verify": True}, "test", str(tmp_path / "test_32x32.mat"),
-               "checksum mismatch", "eb5a983be6a315427106f1b164d9cef3")
+    load_error(
+        {"name": "svhn", "data_dir": str(tmp_path), "verify": True},
+        "test",
+        str(tmp_path / "test_32x32.mat"),
+        "checksum mismatch",
+        "eb5a983be6a315427106f1b164d9cef3",
+    )
     fake = tmp_path / "fake.mat"
     write_svhn(fake)
     server = serve(monkeypatch, tmp_path, {"http://ufldl.stanford.edu/housenumbers/train_32x32.mat": fake})
-    load_error({"name": "svhn"}, "train", "train_32x32.mat", "checksum mismatch",
-               "md5:e26dedcc434d2e4c54c9b2d4a06d8373", "http://ufldl.stanford.edu/housenumbers/")
+    load_error(
+        {"name": "svhn"},
+        "train",
+        "train_32x32.mat",
+        "checksum mismatch",
+        "md5:e26dedcc434d2e4c54c9b2d4a06d8373",
+        "http://ufldl.stanford.edu/housenumbers/",
+    )
     assert len(server.requests) == 1
 
 
@@ -221,14 +258,18 @@ def test_svhn_checksums(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["m.mat", "m.mat.gz"])
-@pytest.mark.parametrize("array", [
-    np.arange(2 * 2 * 3 * 4, dtype=np.uint8).reshape(2, 2, 3, 4),
-    np.array([4, 0, 70000, -1], np.int32),
-    np.arange(6, dtype=np.int32).reshape(3, 2),
-    np.array([-3, 4], np.int16),
-    np.linspace(-1, 1, 6, dtype=np.float32).reshape(1, 2, 3),
-    np.array([1.5, -2.25]),
-], ids=["uint8-4d", "int32-1d", "int32-2d", "int16", "float32-3d", "float64"])
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(2 * 2 * 3 * 4, dtype=np.uint8).reshape(2, 2, 3, 4),
+        np.array([4, 0, 70000, -1], np.int32),
+        np.arange(6, dtype=np.int32).reshape(3, 2),
+        np.array([-3, 4], np.int16),
+        np.linspace(-1, 1, 6, dtype=np.float32).reshape(1, 2, 3),
+        np.array([1.5, -2.25]),
+    ],
+    ids=["uint8-4d", "int32-1d", "int32-2d", "int16", "float32-3d", "float64"],
+)
 def test_norb_round_trip(tmp_path, name, array):
     path = write_norb(tmp_path / name, array)
     assert (path.read_bytes()[:2] == b"\x1f\x8b") == name.endswith(".gz")
@@ -240,23 +281,27 @@ def test_norb_round_trip(tmp_path, name, array):
 def test_norb_header_layout(tmp_path):
     """Little-endian magic and sizes; at least three size fields, unused ones 1 (the -cat files' layout)."""
     data = write_norb(tmp_path / "cat.mat", np.array([2, 0, 4], np.int32)).read_bytes()
-    assert data[:20] == bytes.fromhex("544c3d1e" "01000000" "03000000" "01000000" "01000000") and len(data) == 32
+    assert data[:20] == bytes.fromhex("544c3d1e01000000030000000100000001000000") and len(data) == 32
     images = write_norb(tmp_path / "dat.mat", np.zeros((5, 2, 96, 96), np.uint8)).read_bytes()
-    assert images[:24] == bytes.fromhex("554c3d1e" "04000000" "05000000" "02000000" "60000000" "60000000")
+    assert images[:24] == bytes.fromhex("554c3d1e0400000005000000020000006000000060000000")
     np.testing.assert_array_equal(parse_norb(data, ndim=1), [2, 0, 4])
 
 
 NORB_GOOD = np.asarray([0x1E3D4C55, 2, 2, 3, 1], "<u4").tobytes() + bytes(6)
 
 
-@pytest.mark.parametrize(("data", "expected"), [
-    (b"", "(file shorter than 4 bytes)"),
-    (b"\x00\x00\x08\x03" + NORB_GOOD[4:], "magic number 0x03080000"),
-    (NORB_GOOD[:6], "truncated or corrupt NORB header"),
-    (NORB_GOOD[:14], "truncated NORB header (14 bytes)"),
-    (NORB_GOOD[:-1], "truncated: header says shape (2, 3) (6 bytes of data) but the file holds 5"),
-    (NORB_GOOD + b"\x00", "has trailing bytes"),
-], ids=["empty", "bad-magic", "short-count", "short-sizes", "truncated", "trailing"])
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"", "(file shorter than 4 bytes)"),
+        (b"\x00\x00\x08\x03" + NORB_GOOD[4:], "magic number 0x03080000"),
+        (NORB_GOOD[:6], "truncated or corrupt NORB header"),
+        (NORB_GOOD[:14], "truncated NORB header (14 bytes)"),
+        (NORB_GOOD[:-1], "truncated: header says shape (2, 3) (6 bytes of data) but the file holds 5"),
+        (NORB_GOOD + b"\x00", "has trailing bytes"),
+    ],
+    ids=["empty", "bad-magic", "short-count", "short-sizes", "truncated", "trailing"],
+)
 @pytest.mark.parametrize("gz", [False, True], ids=["raw", "gz"])
 def test_malformed_norb_is_a_one_line_data_error(tmp_path, data, expected, gz):
     path = tmp_path / "bad-dat.mat"
@@ -267,8 +312,9 @@ def test_malformed_norb_is_a_one_line_data_error(tmp_path, data, expected, gz):
 
 
 def write_smallnorb(directory: Path, split="test", n=4, gz=True, categories=None) -> np.ndarray:
-    stem = {"train": "smallnorb-5x46789x9x18x6x2x96x96-training",
-            "test": "smallnorb-5x01235x9x18x6x2x96x96-testing"}[split]
+    stem = {"train": "smallnorb-5x46789x9x18x6x2x96x96-training", "test": "smallnorb-5x01235x9x18x6x2x96x96-testing"}[
+        split
+    ]
     images = RNG.integers(0, 256, (n, 2, 96, 96), dtype=np.uint8)
     cats = np.asarray(categories if categories is not None else np.arange(n) % 5, np.int32)
     ext = ".gz" if gz else ""
@@ -318,9 +364,13 @@ def test_smallnorb_malformed_files(tmp_path):
 
 def test_smallnorb_checksums(tmp_path, monkeypatch):
     write_smallnorb(tmp_path)
-    load_error({"name": "smallnorb", "data_dir": str(tmp_path), "verify": True}, "test",
-               "smallnorb-5x01235x9x18x6x2x96x96-testing-dat.mat.gz", "checksum mismatch",
-               "e9920b7f7b2869a8f1a12e945b2c166c")
+    load_error(
+        {"name": "smallnorb", "data_dir": str(tmp_path), "verify": True},
+        "test",
+        "smallnorb-5x01235x9x18x6x2x96x96-testing-dat.mat.gz",
+        "checksum mismatch",
+        "e9920b7f7b2869a8f1a12e945b2c166c",
+    )
     fake = write_norb(tmp_path / "fake.gz", np.zeros((1, 2, 96, 96), np.uint8))
     url = "https://cs.nyu.edu/~ylclab/data/norb-v1.0-small/smallnorb-5x46789x9x18x6x2x96x96-training-dat.mat.gz"
     server = serve(monkeypatch, tmp_path, {url: fake})
@@ -335,8 +385,7 @@ def write_affnist_mat(path: Path, n=5) -> tuple[np.ndarray, np.ndarray]:
     image = RNG.integers(0, 256, (1600, n), dtype=np.uint8)  # one 40x40 image per column
     labels = (np.arange(n) * 3 % 10).astype(np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    savemat(path, {"affNISTdata": {"image": image, "label_int": labels[None],
-                                            "label_one_of_n": np.eye(10)[labels].T}})
+    savemat(path, {"affNISTdata": {"image": image, "label_int": labels[None], "label_one_of_n": np.eye(10)[labels].T}})
     return image, labels
 
 
@@ -369,14 +418,19 @@ def test_affnist_unzips_and_downloads_without_a_checksum(tmp_path, monkeypatch):
     assert (tmp_path / "just_centered" / "test.mat").is_file()  # unzipped once, next to the archive
     served = tmp_path / "served.zip"
     _, labels = write_affnist_zip(served, n=3)
-    server = serve(monkeypatch, tmp_path, {
-        "http://www.cs.toronto.edu/~tijmen/affNIST/32x/transformed/test.mat.zip": served})
+    server = serve(
+        monkeypatch, tmp_path, {"http://www.cs.toronto.edu/~tijmen/affNIST/32x/transformed/test.mat.zip": served}
+    )
     test = capslab.build_dataset("affnist").load("test")
     assert test.labels.tolist() == labels.tolist()
-    assert server.requests == ["https://www.cs.toronto.edu/~tijmen/affNIST/32x/transformed/test.mat.zip",
-                               "http://www.cs.toronto.edu/~tijmen/affNIST/32x/transformed/test.mat.zip"]
-    assert sorted(p.name for p in (tmp_path / "cache" / "affnist" / "transformed").iterdir()) == \
-        ["test.mat", "test.mat.zip"]
+    assert server.requests == [
+        "https://www.cs.toronto.edu/~tijmen/affNIST/32x/transformed/test.mat.zip",
+        "http://www.cs.toronto.edu/~tijmen/affNIST/32x/transformed/test.mat.zip",
+    ]
+    assert sorted(p.name for p in (tmp_path / "cache" / "affnist" / "transformed").iterdir()) == [
+        "test.mat",
+        "test.mat.zip",
+    ]
 
 
 def test_affnist_malformed_files(tmp_path):
@@ -404,8 +458,9 @@ def naive_shift(image: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
     """(C, H, W) moved right by dx and down by dy, zero fill, with slices."""
     out = torch.zeros_like(image)
     h, w = image.shape[-2:]
-    out[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
-        image[:, max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+    out[:, max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = image[
+        :, max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)
+    ]
     return out
 
 
@@ -428,15 +483,21 @@ def test_expanded_mnist_places_each_digit_at_random_on_40x40():
     canvas = torch.nn.functional.pad(base.images, (6,) * 4)
     found = set()
     for i in range(0, 2000, 40):
-        matches = [(dx, dy) for dx in range(-6, 7) for dy in range(-6, 7)
-                   if torch.equal(naive_shift(canvas[i % 1000], dx, dy), test.images[i])]
+        matches = [
+            (dx, dy)
+            for dx in range(-6, 7)
+            for dy in range(-6, 7)
+            if torch.equal(naive_shift(canvas[i % 1000], dx, dy), test.images[i])
+        ]
         assert len(matches) == 1
         found.add(matches[0])
     assert len(found) > 30  # shifts vary from image to image
     again = capslab.build_dataset({"name": "expanded_mnist", "copies": 2, "seed": 1}).load("test")
     assert torch.equal(again.images, test.images)
-    assert not torch.equal(ds.load("train").images[:1000], capslab.build_dataset(
-        {"name": "expanded_mnist", "copies": 2, "seed": 2}).load("train").images[:1000])
+    assert not torch.equal(
+        ds.load("train").images[:1000],
+        capslab.build_dataset({"name": "expanded_mnist", "copies": 2, "seed": 2}).load("train").images[:1000],
+    )
 
 
 def test_expanded_mnist_all_shifts_like_the_official_code():

@@ -26,10 +26,12 @@ def procedure_1(u_hat, r, bias=None, leaky=False):
             for i in range(I):
                 row = ([0.0] if leaky else []) + logits[i]
                 e = [torch.tensor(x, dtype=torch.float64).exp().item() for x in row]
-                c.append([x / sum(e) for x in e][1 if leaky else 0:])
+                c.append([x / sum(e) for x in e][1 if leaky else 0 :])
             v = []
             for j in range(J):
-                s = [sum(c[i][j] * u_hat[b][i][j][d] for i in range(I)) + (bias[j][d] if bias else 0.0) for d in range(D)]
+                s = [
+                    sum(c[i][j] * u_hat[b][i][j][d] for i in range(I)) + (bias[j][d] if bias else 0.0) for d in range(D)
+                ]
                 v.append(squash(s))
             for i in range(I):
                 for j in range(J):
@@ -42,7 +44,9 @@ def procedure_1(u_hat, r, bias=None, leaky=False):
 @pytest.mark.parametrize("leaky", [False, True])
 def test_matches_plain_procedure_1(iterations, leaky):
     votes, _, _ = routing_inputs(SPEC, batch=2, dtype=torch.float64, scale=1.0)
-    r = capslab.build_routing({"name": "dynamic", "iterations": iterations, "bias": False, "leaky": leaky}, SPEC).double()
+    r = capslab.build_routing(
+        {"name": "dynamic", "iterations": iterations, "bias": False, "leaky": leaky}, SPEC
+    ).double()
     out = r(votes)
     expected = procedure_1(votes.tolist(), iterations, leaky=leaky)
     torch.testing.assert_close(out.poses, expected)

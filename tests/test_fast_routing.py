@@ -67,9 +67,17 @@ def test_votes_layouts_match_einsum(layout):
         torch.testing.assert_close(got, want)
 
 
-@pytest.mark.parametrize("options", [
-    {}, {"leaky": True}, {"gradient": "detach_inner"}, {"bias": False}, {"iterations": 1}, {"iterations": 5},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"leaky": True},
+        {"gradient": "detach_inner"},
+        {"bias": False},
+        {"iterations": 1},
+        {"iterations": 5},
+    ],
+)
 def test_fused_dynamic_matches_plain_einsum(options):
     spec = capslab.RoutingSpec(I, J, D, K)
     routing = capslab.build_routing({"name": "dynamic", **options}, spec).double()
@@ -82,8 +90,9 @@ def test_fused_dynamic_matches_plain_einsum(options):
     res = layer(x)  # the fast path (diagnostics take the plain loop, checked below)
     diag = layer(x, diagnostics=True)
     p = routing.params
-    v, c, deltas, entropies = plain_dynamic(x, layer.weight, routing.bias, p.iterations, p.leaky,
-                                            p.gradient == "detach_inner")
+    v, c, deltas, entropies = plain_dynamic(
+        x, layer.weight, routing.bias, p.iterations, p.leaky, p.gradient == "detach_inner"
+    )
     torch.testing.assert_close(res.poses, v)
     torch.testing.assert_close(res.activations, v.norm(dim=-1))
     torch.testing.assert_close(diag.poses, v)

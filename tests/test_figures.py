@@ -8,7 +8,7 @@ from matplotlib.image import imread
 from typer.testing import CliRunner
 
 import capslab
-from capslab.analysis import (decoder_of, perturb_dimensions, perturbation_values, pick_digits, routing_iterations)
+from capslab.analysis import decoder_of, perturb_dimensions, perturbation_values, pick_digits, routing_iterations
 from capslab.analysis.perturb import class_poses
 from capslab.cli.main import app
 from capslab.recipe import find_recipe, load_recipe
@@ -17,8 +17,17 @@ from capslab.train.report import read_metrics
 from capslab.train.runtime import load_split, make_dataset, to_float
 from capslab.train.state import load_checkpoint_model
 
-TINY = ["train.epochs=1", "train.limit_train=64", "train.limit_test=32", "train.batch_size=32", "train.device=cpu",
-        "model.conv_channels=8", "model.primary_types=2", "model.decoder_hidden=[32, 64]", "diagnostics=true"]
+TINY = [
+    "train.epochs=1",
+    "train.limit_train=64",
+    "train.limit_test=32",
+    "train.batch_size=32",
+    "train.device=cpu",
+    "model.conv_channels=8",
+    "model.primary_types=2",
+    "model.decoder_hidden=[32, 64]",
+    "diagnostics=true",
+]
 
 
 def run(*args):
@@ -55,8 +64,14 @@ def test_every_figure_is_written_and_shows_something(figures):
     out, output = figures
     perturbations = sorted(out.glob("perturbations_test*_capsule*.png"))
     assert len(perturbations) == 10  # the first test digit of each class (32 interleaved digits hold all 10)
-    for png in [out / "reconstructions.png", out / "routing_training.png", out / "routing_iterations.png",
-                out / "routing_convergence.png", out / "routing_convergence_training.png", *perturbations]:
+    for png in [
+        out / "reconstructions.png",
+        out / "routing_training.png",
+        out / "routing_iterations.png",
+        out / "routing_convergence.png",
+        out / "routing_convergence_training.png",
+        *perturbations,
+    ]:
         pixels = imread(png)
         assert pixels.shape[0] > 100 and pixels.shape[1] > 100, png
         assert pixels[..., :3].std() > 0.01, png  # not a blank canvas
@@ -72,7 +87,7 @@ def test_routing_sweep_reports_k_iterations_for_each_k(figures, capsnet_run):
     assert longest == rows[-1]["routing_logit_change"] and len(longest) == 4
     for r in rows:  # routed with k iterations: k statistics, and the first k of routing with 4 (same loop)
         assert len(r["routing_logit_change"]) == len(r["routing_entropy"]) == r["iterations"]
-        assert r["routing_logit_change"] == pytest.approx(longest[:r["iterations"]], rel=1e-4)
+        assert r["routing_logit_change"] == pytest.approx(longest[: r["iterations"]], rel=1e-4)
         assert all(v > 0 for v in r["routing_logit_change"])
     assert numbers["examples"] == 32  # the run's train.limit_test
     # the statistics that vanish at convergence: one per iteration from the second on; the paper's is the
@@ -94,8 +109,11 @@ def test_routing_sweep_reports_k_iterations_for_each_k(figures, capsnet_run):
 
 def test_routing_iterations_passes_k_to_every_routing_and_restores_it():
     info = capslab.DataInfo(1, 28, 28, 10)
-    model = capslab.build_model({"name": "capsnet", "conv_channels": 4, "primary_types": 2, "decoder": False}, info,
-                                {"name": "dynamic", "iterations": 3}).eval()
+    model = capslab.build_model(
+        {"name": "capsnet", "conv_channels": 4, "primary_types": 2, "decoder": False},
+        info,
+        {"name": "dynamic", "iterations": 3},
+    ).eval()
     images = torch.rand(2, 1, 28, 28)
     with routing_iterations(model, 5) as found:
         assert len(found) == 1
@@ -152,8 +170,10 @@ def test_perturbation_changes_exactly_one_dimension_of_the_chosen_capsule():
 def test_model_without_decoder_is_one_line_error_and_routing_still_drawn(tmp_path_factory):
     run_dir = trained(tmp_path_factory, "nodecoder", "model.decoder=false", "reconstruction.enabled=false")
     msg = one_error_line(run(run_dir, "--only", "perturbations"))
-    assert msg == ("error: capsnet: no dimension perturbations: it was trained with model.decoder: false "
-                   "(they decode perturbed class capsules)")
+    assert msg == (
+        "error: capsnet: no dimension perturbations: it was trained with model.decoder: false "
+        "(they decode perturbed class capsules)"
+    )
     result = run(run_dir, "--iterations", 2)  # by default what the model supports, the rest skipped with why
     assert result.exit_code == 0, result.output
     assert "skipped perturbations: capsnet: no dimension perturbations" in result.output
@@ -162,8 +182,9 @@ def test_model_without_decoder_is_one_line_error_and_routing_still_drawn(tmp_pat
 
 
 def test_model_with_nothing_to_draw_and_bad_options_are_one_line_errors(tmp_path_factory, capsnet_run):
-    cnn = trained(tmp_path_factory, "cnn", "model={name: baseline_cnn, channels: [4], hidden: [8]}",
-                  "loss.name=cross_entropy")
+    cnn = trained(
+        tmp_path_factory, "cnn", "model={name: baseline_cnn, channels: [4], hidden: [8]}", "loss.name=cross_entropy"
+    )
     msg = one_error_line(run(cnn))
     assert "baseline_cnn: no dimension perturbations: it has no decoder" in msg
     assert "baseline_cnn: no routing analysis: it has no routing layer" in msg

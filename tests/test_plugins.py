@@ -32,8 +32,15 @@ def test_every_builtin_plugin_module_is_declared_as_an_entry_point():
 def test_builtins_register_through_the_capslab_entry_point_group():
     entry = registry("routing").entry("dynamic")
     assert entry.plugin == "routing.dynamic" and entry.dist == "capslab" and entry.builtin
-    for kind, name in [("squash", "sabour"), ("squash", "efficient"), ("loss", "margin"), ("loss", "spread"),
-                       ("loss", "cross_entropy"), ("model", "capsnet"), ("model", "baseline_cnn")]:
+    for kind, name in [
+        ("squash", "sabour"),
+        ("squash", "efficient"),
+        ("loss", "margin"),
+        ("loss", "spread"),
+        ("loss", "cross_entropy"),
+        ("model", "capsnet"),
+        ("model", "baseline_cnn"),
+    ]:
         assert name in registry(kind).names(), (kind, name)
 
 
@@ -64,9 +71,11 @@ def test_duplicate_names_leave_the_second_plugin_out_naming_both():
     def also(register):
         register(capslab.registry("loss").get("margin"), name="extra")
 
-    plugins = left_out(r"'twin' is registered twice: by plugin 'first'.*plugin 'second'",
-                       first=_module("a", register_squashes=reg), second=_module("b", register_squashes=reg,
-                                                                                 register_losses=also))
+    plugins = left_out(
+        r"'twin' is registered twice: by plugin 'first'.*plugin 'second'",
+        first=_module("a", register_squashes=reg),
+        second=_module("b", register_squashes=reg, register_losses=also),
+    )
     assert plugins.registry("squash").entry("twin").plugin == "first"
     assert "extra" not in plugins.registry("loss")  # all or nothing: the clashing plugin's other components too
     assert set(plugins.failed) == {"second"}
@@ -82,8 +91,10 @@ def test_plugin_that_fails_to_import_is_left_out_by_name():
 
 
 def test_misspelt_hook_leaves_the_plugin_out_with_a_suggestion():
-    plugins = left_out(r"plugin 'typo'.*'register_routing'.*did you mean 'register_routings'",
-                       typo=_module("t", register_routing=lambda register: None, register_losses=good_loss))
+    plugins = left_out(
+        r"plugin 'typo'.*'register_routing'.*did you mean 'register_routings'",
+        typo=_module("t", register_routing=lambda register: None, register_losses=good_loss),
+    )
     assert "typo" in plugins.failed
 
 
@@ -92,16 +103,20 @@ def test_a_hook_that_raises_leaves_the_plugin_out_by_name():
         register(capslab.registry("squash").get("sabour"), name="half")
         raise RuntimeError("boom")
 
-    plugins = left_out(r"plugin 'raiser' is disabled: its register_squashes raised RuntimeError: boom",
-                       raiser=_module("r", register_squashes=bad))
+    plugins = left_out(
+        r"plugin 'raiser' is disabled: its register_squashes raised RuntimeError: boom",
+        raiser=_module("r", register_squashes=bad),
+    )
     assert "half" not in plugins.registry("squash")  # what it registered before raising is dropped
 
 
 def test_a_plugin_that_registers_nothing_is_named():
     unmarked = types.ModuleType("u")
     unmarked.register_routings = lambda register: None  # forgot @capslab.hookimpl
-    left_out(r"plugin 'forgot' registered no component: its register_routings is not marked @capslab.hookimpl",
-             forgot=unmarked)
+    left_out(
+        r"plugin 'forgot' registered no component: its register_routings is not marked @capslab.hookimpl",
+        forgot=unmarked,
+    )
 
 
 def test_component_without_name_leaves_the_plugin_out():
@@ -112,22 +127,34 @@ def test_a_broken_plugin_warns_once_and_every_command_still_works(tmp_path):
     """A real installed distribution with a misspelt hook: `capslab plugins` lists it as failed, `validate`
     works, and each prints the warning as one line."""
     (tmp_path / "typo_plugin.py").write_text(
-        "import capslab\n\n@capslab.hookimpl\ndef register_routing(register):\n    pass\n")
+        "import capslab\n\n@capslab.hookimpl\ndef register_routing(register):\n    pass\n"
+    )
     info = tmp_path / "typo_plugin-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: typo-plugin\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[capslab]\ntypo = typo_plugin\n")
     cli = "import sys; from capslab.cli.main import main; main(sys.argv[1:])"
     for args in (["plugins"], ["validate", str(ROOT / "recipes" / "quickstart.yaml")]):
-        res = subprocess.run([sys.executable, "-c", cli, *args], capture_output=True, text=True, timeout=120,
-                             env={**os.environ, "PYTHONPATH": str(tmp_path), "COLUMNS": "200"})
+        res = subprocess.run(
+            [sys.executable, "-c", cli, *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONPATH": str(tmp_path), "COLUMNS": "200"},
+        )
         assert res.returncode == 0, res.stderr
         lines = [line for line in res.stderr.splitlines() if "typo" in line]
-        assert len(lines) == 1 and lines[0].startswith("warning: plugin 'typo' (typo-plugin 0.1) is disabled"), \
+        assert len(lines) == 1 and lines[0].startswith("warning: plugin 'typo' (typo-plugin 0.1) is disabled"), (
             res.stderr
+        )
         assert "did you mean 'register_routings'" in lines[0] and "Traceback" not in res.stderr
-    listing = subprocess.run([sys.executable, "-c", cli, "plugins"], capture_output=True, text=True, timeout=120,
-                             env={**os.environ, "PYTHONPATH": str(tmp_path), "COLUMNS": "200"})
+    listing = subprocess.run(
+        [sys.executable, "-c", cli, "plugins"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(tmp_path), "COLUMNS": "200"},
+    )
     assert "dynamic" in listing.stdout and "left out: typo (typo-plugin 0.1): it implements" in listing.stdout
 
 

@@ -5,10 +5,8 @@ import textwrap
 import pytest
 
 import capslab
-
 from capslab.recipe import Recipe, RecipeError, dump_recipe, embedded_recipes, find_recipe, load_recipe, parse_override
 from capslab.recipe.embedded import recipes_dir
-
 
 MODELS = ", ".join(capslab.registry("model").names())
 
@@ -51,7 +49,9 @@ def test_default_recipe_is_the_quickstart_found_by_name():
 
 
 def test_every_problem_is_reported_at_once_with_line_column_and_did_you_mean(tmp_path):
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
         # a recipe with six mistakes
         seedd: 1
         model: {name: capsnett}
@@ -60,7 +60,8 @@ def test_every_problem_is_reported_at_once_with_line_column_and_did_you_mean(tmp
           name: adam
           lrr: 1e-3
         train: {epochs: zero, device: gpu}
-        """)
+        """,
+    )
     assert problems(path) == [
         f"{path}:2:1: seedd: unknown key; did you mean 'seed'?",
         f"{path}:3:9: model.name: unknown model 'capsnett'; did you mean 'capsnet'?; known: {MODELS}",
@@ -89,15 +90,20 @@ def test_choices_get_did_you_mean_and_sections_must_be_mappings(tmp_path):
 
 def test_loss_for_probabilities_on_a_logits_model_is_an_error(tmp_path):
     path = write(tmp_path, "model: {name: baseline_cnn}\nloss: {name: margin}\n")
-    assert problems(path) == [f"{path}:2:8: loss.name: loss 'margin' expects scores in [0, 1] but model "
-                              f"'baseline_cnn' outputs logits; use loss: cross_entropy"]
+    assert problems(path) == [
+        f"{path}:2:8: loss.name: loss 'margin' expects scores in [0, 1] but model "
+        f"'baseline_cnn' outputs logits; use loss: cross_entropy"
+    ]
 
 
-@pytest.mark.parametrize("text, where, what", [
-    ("a: [1, 2\nb: 3\n", "2:2", "invalid YAML: expected ',' or ']', but got ':'"),
-    ("seed: 1\nseed: 2\n", "2:1", 'invalid YAML: found duplicate key "seed" with value "2" (original value: "1")'),
-    ("- 1\n- 2\n", "1:1", "a recipe is a mapping of sections (seed, data, model, ...), not list"),
-])
+@pytest.mark.parametrize(
+    "text, where, what",
+    [
+        ("a: [1, 2\nb: 3\n", "2:2", "invalid YAML: expected ',' or ']', but got ':'"),
+        ("seed: 1\nseed: 2\n", "2:1", 'invalid YAML: found duplicate key "seed" with value "2" (original value: "1")'),
+        ("- 1\n- 2\n", "1:1", "a recipe is a mapping of sections (seed, data, model, ...), not list"),
+    ],
+)
 def test_unreadable_yaml_is_one_line(tmp_path, text, where, what):
     path = write(tmp_path, text)
     assert problems(path) == [f"{path}:{where}: {what}"]
@@ -120,7 +126,11 @@ def test_overrides_apply_and_are_validated_the_same_way():
     r = load_recipe(path, ["train.epochs=2", "routing.iterations=1", "optimizer.lr=3e-3", "squash=efficient"])
     assert (r.train.epochs, r.routing.params["iterations"], r.optimizer.lr, r.squash.name) == (2, 1, 3e-3, "efficient")
     r = load_recipe(path, ["model=baseline_cnn", "model.channels=[8, 8]", "loss=cross_entropy"])  # a name, then params
-    assert r.model.name == "baseline_cnn" and r.model.params["channels"] == [8, 8] and "conv_channels" not in r.model.params
+    assert (
+        r.model.name == "baseline_cnn"
+        and r.model.params["channels"] == [8, 8]
+        and "conv_channels" not in r.model.params
+    )
     assert problems(path, ["train.epochs=0", "routing.iteratons=2", "model=capsnt", "epochs", "seed.x=1"]) == [
         "<override>: 'epochs': expected key.path=value, e.g. train.epochs=2",  # malformed ones first
         "<override>: seed.x: seed is 0, not a section with keys",
@@ -140,5 +150,7 @@ def test_resolved_recipe_has_every_default_and_round_trips(tmp_path):
 
 def test_empty_recipe_means_all_defaults(tmp_path):
     r = load_recipe(write(tmp_path, "# nothing\n"))
-    assert r.to_dict() == Recipe().to_dict() | {k: r.to_dict()[k] for k in ("data", "model", "routing", "squash", "loss")}
+    assert r.to_dict() == Recipe().to_dict() | {
+        k: r.to_dict()[k] for k in ("data", "model", "routing", "squash", "loss")
+    }
     assert r.data.name == "mnist5k" and r.train.shift == 2

@@ -7,19 +7,30 @@ from pathlib import Path
 
 import pytest
 import torch
-from capslab_plugins.models.matrix_capsnet import ConvCapsules
 from helpers import train_recipe
 
 import capslab
 from capslab.testing import routing_inputs
+from capslab_plugins.models.matrix_capsnet import ConvCapsules
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = capslab.RoutingSpec(in_caps=5, out_caps=3, pose_dim=16)
 B, I, J, D = 2, 5, 3, 16
 
 
-def em_reference(V, a, beta_a, beta_u, iterations, final_lambda=0.01, schedule="official", min_var=5e-4,
-                 mass_eps=1e-5, mu_momentum=0.0, beta_a_scale=1.0):
+def em_reference(
+    V,
+    a,
+    beta_a,
+    beta_u,
+    iterations,
+    final_lambda=0.01,
+    schedule="official",
+    min_var=5e-4,
+    mass_eps=1e-5,
+    mu_momentum=0.0,
+    beta_a_scale=1.0,
+):
     """The paper's procedure, one scalar at a time; R in the probability domain (no log-sum-exp).
 
     V: [b][i][j][h], a: [b][i]. Returns mu [b][j][h], activations [b][j], the R of the last M-step [b][i][j].
@@ -46,8 +57,9 @@ def em_reference(V, a, beta_a, beta_u, iterations, final_lambda=0.01, schedule="
                     for j in range(J):
                         density = 1.0
                         for h in range(D):
-                            density *= math.exp(-(V[b][i][j][h] - mu[j][h]) ** 2 / (2 * sigma2[j][h])) / math.sqrt(
-                                2 * math.pi * sigma2[j][h])
+                            density *= math.exp(-((V[b][i][j][h] - mu[j][h]) ** 2) / (2 * sigma2[j][h])) / math.sqrt(
+                                2 * math.pi * sigma2[j][h]
+                            )
                         p.append(act[j] * density)
                     R[i] = [pj / sum(p) for pj in p]
         mus.append([row[:] for row in mu])
@@ -84,8 +96,13 @@ def test_em_matches_loop_transcription(params):
     out = routing(votes, acts, diagnostics=True)
     ref_kwargs = {k: v for k, v in params.items() if k != "lambda_schedule"}
     ref_kwargs["schedule"] = params.get("lambda_schedule", "official")
-    mu, act, R = em_reference(votes.tolist(), acts.tolist(), routing.beta_a.tolist(), routing.beta_u.tolist(),
-                              **{"iterations": 3, **ref_kwargs})
+    mu, act, R = em_reference(
+        votes.tolist(),
+        acts.tolist(),
+        routing.beta_a.tolist(),
+        routing.beta_u.tolist(),
+        **{"iterations": 3, **ref_kwargs},
+    )
     torch.testing.assert_close(out.poses, mu)
     torch.testing.assert_close(out.activations, act)
     torch.testing.assert_close(out.coupling, R)
@@ -108,8 +125,7 @@ def test_em_official_preset_fills_unset_keys_only():
     assert (p.mu_momentum, p.beta_a_scale, p.cost, p.class_lambda_factor) == (0.1, 5000.0, "log_variance", 0.25)
     assert p.min_var == 1e-3  # set beside the preset: wins
     class_layer = capslab.build_routing({"name": "em", "preset": "official"}, SPEC)
-    hidden = capslab.build_routing({"name": "em", "preset": "official"},
-                                   capslab.RoutingSpec(5, 3, 16, layer="hidden"))
+    hidden = capslab.build_routing({"name": "em", "preset": "official"}, capslab.RoutingSpec(5, 3, 16, layer="hidden"))
     assert class_layer.inverse_temperature(2) == pytest.approx(hidden.inverse_temperature(2) / 4)
 
 
@@ -201,7 +217,7 @@ def test_conv_capsule_votes_match_loops():
                     for ky in range(k):
                         for kx in range(k):
                             i = t * k * k + ky * k + kx
-                            M = pose[b, t * 16:(t + 1) * 16, y * s + ky, x * s + kx].view(4, 4)
+                            M = pose[b, t * 16 : (t + 1) * 16, y * s + ky, x * s + kx].view(4, 4)
                             assert a[n, i] == act[b, t, y * s + ky, x * s + kx]
                             for j in range(T_out):
                                 torch.testing.assert_close(votes[n, i, j], (M @ layer.weight[i, j]).flatten())
@@ -233,8 +249,9 @@ def test_conv_windows_normalise_each_input_over_every_window():
     log_r = windows.log_softmax(logits)
     torch.testing.assert_close(log_r, brute_force_input_softmax(logits, windows))
     mass = torch.zeros(2, windows.num_inputs, dtype=torch.float64)  # each real input's R over all its parents
-    mass.scatter_add_(1, windows.index[None, :, None, :].expand(2, 12, 4, 18).reshape(2, -1),
-                      log_r.exp().reshape(2, -1))
+    mass.scatter_add_(
+        1, windows.index[None, :, None, :].expand(2, 12, 4, 18).reshape(2, -1), log_r.exp().reshape(2, -1)
+    )
     torch.testing.assert_close(mass, torch.ones_like(mass))
     torch.testing.assert_close(windows.log_softmax(logits + 1e4), log_r)  # shift-invariant: no overflow
     assert torch.autograd.gradcheck(windows.log_softmax, logits[:12, :2, :].clone().requires_grad_())
@@ -250,17 +267,21 @@ def test_em_official_assignments_span_the_windows():
     out = routing(votes, acts, diagnostics=True)
     R = out.coupling.transpose(1, 2)  # (B * L, J, I)
     mass = torch.zeros(2, windows.num_inputs, dtype=torch.float64).scatter_add_(
-        1, windows.index[None, :, None, :].expand(2, 9, 3, 18).reshape(2, -1), R.reshape(2, -1))
+        1, windows.index[None, :, None, :].expand(2, 9, 3, 18).reshape(2, -1), R.reshape(2, -1)
+    )
     torch.testing.assert_close(mass, torch.ones_like(mass))  # each input's R sums to one over all its parents
-    per_window = capslab.build_routing({"name": "em", "preset": "official", "vote_scale": "raw",
-                                        "assignment": "window"}, spec).double()
+    per_window = capslab.build_routing(
+        {"name": "em", "preset": "official", "vote_scale": "raw", "assignment": "window"}, spec
+    ).double()
     per_window.load_state_dict(routing.state_dict())
     window_out = per_window(votes, acts, diagnostics=True)
     torch.testing.assert_close(window_out.coupling.sum(-1), torch.ones(18, 18, dtype=torch.float64))
     assert (window_out.poses - out.poses).abs().max() > 1e-3  # the two normalisations route differently
     plain = capslab.RoutingSpec(18, 3, 16)
-    both = [capslab.build_routing({"name": "em", "preset": "official", "assignment": a}, plain).double()(votes, acts)
-            for a in ("input", "window")]
+    both = [
+        capslab.build_routing({"name": "em", "preset": "official", "assignment": a}, plain).double()(votes, acts)
+        for a in ("input", "window")
+    ]
     torch.testing.assert_close(both[0].poses, both[1].poses)  # without windows "input" is the plain softmax
 
 
@@ -282,7 +303,7 @@ def test_class_votes_share_weights_and_add_coordinates():
             for y in range(h):
                 for x in range(w):
                     i = (d * h + y) * w + x
-                    M = pose[b, d * 16:(d + 1) * 16, y, x].view(4, 4)
+                    M = pose[b, d * 16 : (d + 1) * 16, y, x].view(4, 4)
                     for j in range(10):
                         expected = (M @ model.class_weight[d, j]).flatten()
                         expected[3] += (y + 0.5) / h  # the scaled row of the position, right-hand column
@@ -340,8 +361,10 @@ def test_spread_loss_matches_its_formula_and_the_official_schedule():
     scores = torch.tensor([[0.9, 0.2, 0.85, 0.1], [0.3, 0.6, 0.5, 0.55]])
     y = torch.tensor([0, 1])
     m = official.margin(100_000)
-    per_example = [sum(max(0.0, m - (row[t] - row[i])) ** 2 for i in range(4) if i != t)
-                   for row, t in zip(scores.tolist(), y.tolist())]
+    per_example = [
+        sum(max(0.0, m - (row[t] - row[i])) ** 2 for i in range(4) if i != t)
+        for row, t in zip(scores.tolist(), y.tolist())
+    ]
     expected_sum = sum(per_example) / 2
     paper = capslab.build_loss({"name": "spread", "m_max": 0.99})
     assert paper(scores, y, step=100_000).item() == pytest.approx(expected_sum)

@@ -3,11 +3,11 @@ gradients in float64, float32 within float tolerance, and when it must not run."
 
 import pytest
 import torch
+from test_fast_routing import grads, inputs, plain_dynamic
 
 import capslab
 from capslab.routing import backends, kernel
 from capslab.routing.backends import VotesLayout
-from test_fast_routing import grads, inputs, plain_dynamic
 
 pytestmark = pytest.mark.skipif(not kernel.available(), reason="numba is not installed")
 B, I, J, D, K = 3, 20, 4, 5, 3
@@ -22,16 +22,27 @@ def calls(monkeypatch):
     return n
 
 
-def layer_for(options, dtype=torch.float64, spec=capslab.RoutingSpec(I, J, D, K)):
+def layer_for(options, dtype=torch.float64, spec=None):
+    spec = spec or capslab.RoutingSpec(I, J, D, K)
     routing = capslab.build_routing({"name": "dynamic", **options}, spec).to(dtype)
     layer = capslab.ClassCapsules(spec.in_caps, spec.in_pose_dim, spec.out_caps, spec.pose_dim, routing).to(dtype)
     return layer, routing
 
 
-@pytest.mark.parametrize("options", [
-    {}, {"leaky": True}, {"gradient": "detach_inner"}, {"bias": False}, {"iterations": 1}, {"iterations": 2},
-    {"iterations": 5}, {"gradient": "detach_inner", "bias": False}, {"leaky": True, "iterations": 4},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"leaky": True},
+        {"gradient": "detach_inner"},
+        {"bias": False},
+        {"iterations": 1},
+        {"iterations": 2},
+        {"iterations": 5},
+        {"gradient": "detach_inner", "bias": False},
+        {"leaky": True, "iterations": 4},
+    ],
+)
 def test_kernel_matches_plain_loop(options, calls):
     layer, routing = layer_for(options)
     x, W = inputs()
@@ -54,8 +65,9 @@ def test_kernel_gradcheck(calls):
     layer, routing = layer_for({"iterations": 3}, spec=capslab.RoutingSpec(6, 3, 4, 2))
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 6, 2, generator=g, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, w, b: layer(x).poses, (x, layer.weight, routing.bias),
-                                    eps=1e-6, atol=1e-6, rtol=1e-4)
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: layer(x).poses, (x, layer.weight, routing.bias), eps=1e-6, atol=1e-6, rtol=1e-4
+    )
     assert calls
 
 

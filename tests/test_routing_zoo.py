@@ -69,8 +69,12 @@ def procedure_1(u, r, normalise, bias=None):
         logits = [[0.0] * J for _ in range(I)]
         for _ in range(r):
             c = [normalise(logits[i]) for i in range(I)]
-            v = [squash([sum(c[i][j] * u[b][i][j][d] for i in range(I)) + (bias[j][d] if bias else 0.0)
-                         for d in range(D)]) for j in range(J)]
+            v = [
+                squash(
+                    [sum(c[i][j] * u[b][i][j][d] for i in range(I)) + (bias[j][d] if bias else 0.0) for d in range(D)]
+                )
+                for j in range(J)
+            ]
             for i in range(I):
                 for j in range(J):
                     logits[i][j] += dot(u[b][i][j], v[j])
@@ -139,8 +143,10 @@ def test_random_coupling_is_drawn_per_example_and_per_forward_under_the_seed():
     torch.testing.assert_close(c.sum(-1), torch.ones(B, I, dtype=c.dtype))
     # the rest is plain aggregation: v_j = squash(sum_i c_ij u_hat_{j|i} + bias_j)
     cl = c.tolist()
-    expected = [[squash([sum(cl[b][i][j] * u[b][i][j][d] for i in range(I)) + 0.1 for d in range(D)])
-                 for j in range(J)] for b in range(B)]
+    expected = [
+        [squash([sum(cl[b][i][j] * u[b][i][j][d] for i in range(I)) + 0.1 for d in range(D)]) for j in range(J)]
+        for b in range(B)
+    ]
     torch.testing.assert_close(first.poses, torch.tensor(expected, dtype=torch.float64))
 
 
@@ -162,8 +168,10 @@ def inverted_attention(u, T, gain, shift, w, w0):
         a = [[0.0] * J for _ in range(I)]  # the first pass is uniform
         for _ in range(T):
             r = [softmax(a[i]) for i in range(I)]
-            p = [layer_norm([sum(r[i][j] * u[b][i][j][d] for i in range(I)) for d in range(D)], gain, shift)
-                 for j in range(J)]
+            p = [
+                layer_norm([sum(r[i][j] * u[b][i][j][d] for i in range(I)) for d in range(D)], gain, shift)
+                for j in range(J)
+            ]
             a = [[dot(u[b][i][j], p[j]) / math.sqrt(D) for j in range(J)] for i in range(I)]
         poses.append(p)
         acts.append([sigmoid(dot(w, p[j]) + w0) for j in range(J)])
@@ -175,8 +183,9 @@ def test_inverted_dot_product_matches_the_loop(iterations):
     votes, _, _, u, _, _ = inputs()
     r = build({"name": "inverted_dot_product", "iterations": iterations})
     randomise(r)
-    poses, acts = inverted_attention(u, iterations, r.norm.weight.tolist(), r.norm.bias.tolist(),
-                                     r.readout.weight[0].tolist(), r.readout.bias.item())
+    poses, acts = inverted_attention(
+        u, iterations, r.norm.weight.tolist(), r.norm.bias.tolist(), r.readout.weight[0].tolist(), r.readout.bias.item()
+    )
     out = r(votes, diagnostics=True)
     torch.testing.assert_close(out.poses, poses)
     torch.testing.assert_close(out.activations, acts)
@@ -192,13 +201,16 @@ def test_inverted_dot_product_defaults_to_two_passes():
 def self_routing(u, acts, x, W, br):
     poses, out_acts = [], []
     for b in range(B):
-        c = [softmax([sum(W[i][k][j] * x[b][i][k] for k in range(len(x[b][i]))) + br[i][j] for j in range(J)])
-             for i in range(I)]
+        c = [
+            softmax([sum(W[i][k][j] * x[b][i][k] for k in range(len(x[b][i]))) + br[i][j] for j in range(J)])
+            for i in range(I)
+        ]
         a = acts[b]
         out_acts.append([sum(c[i][j] * a[i] for i in range(I)) / sum(a) for j in range(J)])
         norm = [sum(c[i][j] * a[i] for i in range(I)) for j in range(J)]
-        poses.append([[sum(c[i][j] * a[i] / norm[j] * u[b][i][j][d] for i in range(I)) for d in range(D)]
-                      for j in range(J)])
+        poses.append(
+            [[sum(c[i][j] * a[i] / norm[j] * u[b][i][j][d] for i in range(I)) for d in range(D)] for j in range(J)]
+        )
     return torch.tensor(poses, dtype=torch.float64), torch.tensor(out_acts, dtype=torch.float64)
 
 
@@ -246,16 +258,29 @@ def variational_bayes(u, acts, T, beta_a, beta_u, alpha0=1.0, kappa0=1.0, m0=0.0
                 alpha.append(alpha0 + Rj), kappa.append(kappa0 + Rj), nu.append(nu0 + Rj)
                 mu = [sum(R[i][j] * a[i] * u[b][i][j][d] for i in range(I)) / Rj for d in range(D)]
                 m.append([(Rj * mu[d] + kappa0 * m0) / kappa[j] for d in range(D)])
-                inv_psi.append([1 / psi0 + sum(R[i][j] * a[i] * (u[b][i][j][d] - mu[d]) ** 2 for i in range(I))
-                                + kappa0 * Rj / kappa[j] * (mu[d] - m0) ** 2 for d in range(D)])
-                e_ln_lambda.append(sum(digamma((nu[j] + 1 - k) / 2) for k in range(1, D + 1)) + D * math.log(2)
-                                   - sum(math.log(x) for x in inv_psi[j]))
+                inv_psi.append(
+                    [
+                        1 / psi0
+                        + sum(R[i][j] * a[i] * (u[b][i][j][d] - mu[d]) ** 2 for i in range(I))
+                        + kappa0 * Rj / kappa[j] * (mu[d] - m0) ** 2
+                        for d in range(D)
+                    ]
+                )
+                e_ln_lambda.append(
+                    sum(digamma((nu[j] + 1 - k) / 2) for k in range(1, D + 1))
+                    + D * math.log(2)
+                    - sum(math.log(x) for x in inv_psi[j])
+                )
             e_ln_pi = [digamma(alpha[j]) - digamma(sum(alpha)) for j in range(J)]
             if t < T - 1:
                 for i in range(I):
-                    ln_p = [0.5 * e_ln_lambda[j] - 0.5 * D * math.log(2 * math.pi)
-                            - 0.5 * (D / kappa[j] + nu[j] * sum((u[b][i][j][d] - m[j][d]) ** 2 / inv_psi[j][d]
-                                                                for d in range(D))) for j in range(J)]
+                    ln_p = [
+                        0.5 * e_ln_lambda[j]
+                        - 0.5 * D * math.log(2 * math.pi)
+                        - 0.5
+                        * (D / kappa[j] + nu[j] * sum((u[b][i][j][d] - m[j][d]) ** 2 / inv_psi[j][d] for d in range(D)))
+                        for j in range(J)
+                    ]
                     if mixing:
                         R[i] = softmax([e_ln_pi[j] + ln_p[j] for j in range(J)])
                     else:  # the official code: E[ln pi] only in the normaliser
@@ -299,8 +324,7 @@ def test_variational_bayes_official_setup_normalises_votes_logits_and_poses():
     r = build("variational_bayes")  # defaults: vote_scale rms, batch_norm and pose_norm on (the official code)
     randomise(r)
     s = votes.square().mean((1, 2, 3), keepdim=True).sqrt()  # (B, 1, 1, 1)
-    poses, out_acts = variational_bayes((votes / s).tolist(), a, 3,
-                                        r.beta_a.tolist(), r.beta_u.tolist())
+    poses, out_acts = variational_bayes((votes / s).tolist(), a, 3, r.beta_a.tolist(), r.beta_u.tolist())
     out = r(votes, acts)  # training mode: batch statistics
 
     def bn(x):  # BatchNorm without affine over the batch
@@ -339,8 +363,9 @@ def test_routing_recipes_differ_only_in_their_routing():
     from capslab.recipe.schema import Recipe
 
     folder = Path(__file__).resolve().parents[1] / "recipes" / "routing"
-    recipes = {name: Recipe.model_validate(YAML(typ="safe", pure=True).load(folder / f"{name}.yaml")).to_dict()
-               for name in ZOO}
+    recipes = {
+        name: Recipe.model_validate(YAML(typ="safe", pure=True).load(folder / f"{name}.yaml")).to_dict() for name in ZOO
+    }
     for name, recipe in recipes.items():
         assert (folder / f"{name}.yaml").read_text().startswith(f"# Run: capslab train recipes/routing/{name}.yaml")
         assert recipe["routing"]["name"] == name

@@ -17,16 +17,26 @@ from capslab.train.state import load_checkpoint_model
 
 def tiny(routing="dynamic", **train_overrides):
     """A small CapsNet on 96 real mnist5k digits: 3 steps per epoch, a few seconds for 4 epochs."""
-    return parse_recipe({
-        "data": {"name": "mnist5k"},
-        "model": {"name": "capsnet", "conv_channels": 16, "primary_types": 4, "decoder_hidden": [32, 64]},
-        "routing": {"name": routing},
-        "scheduler": {"name": "exponential", "gamma": 0.5, "every": 4},
-        "train": {"epochs": 4, "batch_size": 32, "limit_train": 96, "limit_test": 50, "shift": 2, "device": "cpu",
-                  "log_every": 2, **train_overrides},
-        "checkpoint": {"keep": 2},
-        "diagnostics": True,
-    })
+    return parse_recipe(
+        {
+            "data": {"name": "mnist5k"},
+            "model": {"name": "capsnet", "conv_channels": 16, "primary_types": 4, "decoder_hidden": [32, 64]},
+            "routing": {"name": routing},
+            "scheduler": {"name": "exponential", "gamma": 0.5, "every": 4},
+            "train": {
+                "epochs": 4,
+                "batch_size": 32,
+                "limit_train": 96,
+                "limit_test": 50,
+                "shift": 2,
+                "device": "cpu",
+                "log_every": 2,
+                **train_overrides,
+            },
+            "checkpoint": {"keep": 2},
+            "diagnostics": True,
+        }
+    )
 
 
 def weights(run_dir):
@@ -36,8 +46,11 @@ def weights(run_dir):
 
 def evals(run_dir):
     timing = ("img_per_s", "epoch_s", "elapsed_s")
-    return [{k: v for k, v in r.items() if k not in timing} for r in read_metrics(run_dir / "metrics.jsonl")
-            if r["kind"] == "eval"]
+    return [
+        {k: v for k, v in r.items() if k not in timing}
+        for r in read_metrics(run_dir / "metrics.jsonl")
+        if r["kind"] == "eval"
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +99,13 @@ def test_checkpoint_metadata_and_optimizer_state_by_parameter_name(straight):
     assert meta["recipe"]["routing"]["name"] == "dynamic" and "capslab" in meta["plugins"]["routing"]
     assert meta["metrics"]["test_accuracy"] == read_metrics(straight / "metrics.jsonl")[-1]["test_accuracy"]
     tensors, state = ckpt.read_file(step_dir / ckpt.STATE_FILE)
-    assert {"optimizer.conv1.weight.exp_avg", "optimizer.caps.weight.exp_avg_sq", "rng.torch", "rng.data",
-            "rng.numpy"} <= set(tensors)
+    assert {
+        "optimizer.conv1.weight.exp_avg",
+        "optimizer.caps.weight.exp_avg_sq",
+        "rng.torch",
+        "rng.data",
+        "rng.numpy",
+    } <= set(tensors)
     assert state["counters"]["step"] == 12 and state["optimizer"]["groups"][0]["params"][0] == "conv1.weight"
     model, recipe, _ = load_checkpoint_model(straight, torch.device("cpu"))
     assert torch.equal(model.conv1.weight, weights(straight)["conv1.weight"]) and not model.training
@@ -112,8 +130,15 @@ def test_resume_with_a_different_routing_names_the_mismatch(straight, tmp_path):
 
 
 def _save(root, step, keep=3):
-    return ckpt.save_checkpoint(root, step, {"w": torch.full((2,), float(step))}, {"format_version": 1, "step": step},
-                                {}, {"format_version": 1}, keep)
+    return ckpt.save_checkpoint(
+        root,
+        step,
+        {"w": torch.full((2,), float(step))},
+        {"format_version": 1, "step": step},
+        {},
+        {"format_version": 1},
+        keep,
+    )
 
 
 def test_checkpoints_are_written_atomically_and_pruned(tmp_path, monkeypatch):
@@ -164,7 +189,7 @@ def test_learning_rate_schedules():
     exp = SchedulerConfig(name="exponential", gamma=0.96, every=2000)
     assert lr_at(0, 1e-3, exp, 100) == 1e-3
     assert lr_at(2000, 1e-3, exp, 100) == pytest.approx(0.96e-3)
-    assert lr_at(1000, 1e-3, exp, 100) == pytest.approx(1e-3 * 0.96 ** 0.5)  # smooth, not a staircase
+    assert lr_at(1000, 1e-3, exp, 100) == pytest.approx(1e-3 * 0.96**0.5)  # smooth, not a staircase
     assert lr_at(10**7, 1e-3, exp, 100) == 1e-6  # the official floor
     cos = SchedulerConfig(name="cosine", min_lr=0.0, warmup_steps=10)
     assert lr_at(0, 1.0, cos, 100) == pytest.approx(0.1)  # warm-up: (0 + 1) / 10
@@ -187,8 +212,9 @@ def test_diagnostics_from_a_routing_that_reports_none_warn_once_and_log_nothing(
             v = votes.mean(1)
             return capslab.RoutingResult(v, v.norm(dim=-1).clamp(max=1))
 
-    model = capslab.build_model({"name": "capsnet", "conv_channels": 4, "primary_types": 2, "decoder": False},
-                                capslab.DataInfo(1, 28, 28, 10))
+    model = capslab.build_model(
+        {"name": "capsnet", "conv_channels": 4, "primary_types": 2, "decoder": False}, capslab.DataInfo(1, 28, 28, 10)
+    )
     spec = model.caps.routing.spec
     model.caps.routing = Quiet(spec)
     data = Split(torch.randint(0, 255, (6, 1, 28, 28), dtype=torch.uint8), torch.arange(6) % 10)

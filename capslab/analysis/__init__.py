@@ -6,6 +6,16 @@ from capslab.analysis.perturb import decoder_of, perturb_dimensions, perturbatio
 from capslab.analysis.routing import iteration_sweep, routing_iterations, training_history
 
 __all__ = [
-    "ANALYSES", "FiguresReport", "decoder_of", "image_grid", "iteration_sweep", "make_figures", "perturb_dimensions",
-    "perturbation_values", "pick_digits", "routing_iterations", "save_image", "training_history",
+    "ANALYSES",
+    "FiguresReport",
+    "decoder_of",
+    "image_grid",
+    "iteration_sweep",
+    "make_figures",
+    "perturb_dimensions",
+    "perturbation_values",
+    "pick_digits",
+    "routing_iterations",
+    "save_image",
+    "training_history",
 ]

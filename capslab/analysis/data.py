@@ -8,8 +8,14 @@ from capslab.recipe import Recipe, parse_recipe
 from capslab.train.runtime import load_split, make_dataset
 
 
-def checkpoint_split(recipe: Recipe, *, dataset: str | None = None, data_dir: str | None = None,
-                     split: str = "test", limit: int | None = None) -> Split:
+def checkpoint_split(
+    recipe: Recipe,
+    *,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    split: str = "test",
+    limit: int | None = None,
+) -> Split:
     """``split`` of the recipe's dataset (or ``dataset`` / ``data_dir``), checked to fit the trained model."""
     if split not in ("train", "test"):
         raise DataError(f"--split: {split!r}; use train or test")
@@ -22,6 +28,8 @@ def checkpoint_split(recipe: Recipe, *, dataset: str | None = None, data_dir: st
     ds = make_dataset(here)
     trained_on = make_dataset(recipe).info
     if (ds.info.shape, ds.info.num_classes) != (trained_on.shape, trained_on.num_classes):
-        raise DataError(f"--dataset {here.data.name}: images {ds.info.shape} in {ds.info.num_classes} classes, "
-                        f"but the checkpoint's model takes {trained_on.shape} in {trained_on.num_classes}")
+        raise DataError(
+            f"--dataset {here.data.name}: images {ds.info.shape} in {ds.info.num_classes} classes, "
+            f"but the checkpoint's model takes {trained_on.shape} in {trained_on.num_classes}"
+        )
     return load_split(ds, split, limit)

@@ -48,11 +48,22 @@ def default_out_dir(ckpt_dir: Path) -> Path:
     return ckpt_dir.parent / f"figures-{ckpt_dir.name}"
 
 
-def make_figures(path: str | Path, out_dir: Path | None = None, *, only: list[str] | None = None,
-                 dataset: str | None = None, data_dir: str | None = None, device: str = "auto",
-                 capsule: str = "predicted", indices: list[int] | None = None, perturb_range: float = 0.25,
-                 perturb_step: float = 0.05, iterations: int | None = None, limit: int | None = None,
-                 batch_size: int = 500) -> FiguresReport:
+def make_figures(
+    path: str | Path,
+    out_dir: Path | None = None,
+    *,
+    only: list[str] | None = None,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    device: str = "auto",
+    capsule: str = "predicted",
+    indices: list[int] | None = None,
+    perturb_range: float = 0.25,
+    perturb_step: float = 0.05,
+    iterations: int | None = None,
+    limit: int | None = None,
+    batch_size: int = 500,
+) -> FiguresReport:
     """Draw the analyses of ``only`` (default: every one the model supports) into ``out_dir``."""
     unknown = sorted(set(only or ()) - set(ANALYSES))
     if unknown:
@@ -80,8 +91,16 @@ def make_figures(path: str | Path, out_dir: Path | None = None, *, only: list[st
             elif analysis == "perturbations":
                 _perturbations(model, test, dev, capsule, indices, values, report)
             else:
-                _routing(model, test if limit is None else Split(test.images[:limit], test.labels[:limit]),
-                         dev, iterations, batch_size, ckpt_dir, report, model.info.num_classes)
+                _routing(
+                    model,
+                    test if limit is None else Split(test.images[:limit], test.labels[:limit]),
+                    dev,
+                    iterations,
+                    batch_size,
+                    ckpt_dir,
+                    report,
+                    model.info.num_classes,
+                )
         except CapslabError as exc:
             if only:
                 raise
@@ -99,14 +118,24 @@ def _perturbations(model, test: Split, dev, capsule: str, indices, values, repor
     images = perturb.perturb_dimensions(decoder, poses, classes.to(dev), values).cpu()  # (n, D, V, C, H, W)
     for i, idx in enumerate(index.tolist()):
         k = int(classes[i])
-        title = (f"test #{idx}: label {int(true[i])}, predicted {int(predicted[i])}; "
-                 f"dimensions of class capsule {k} perturbed")
+        title = (
+            f"test #{idx}: label {int(true[i])}, predicted {int(predicted[i])}; "
+            f"dimensions of class capsule {k} perturbed"
+        )
         target = report.out_dir / f"perturbations_test{idx}_capsule{k}.png"
         report.written.append(perturb.save_perturbation_figure(target, images[i], values, title))
 
 
-def _routing(model, data: Split, dev, iterations: int | None, batch_size: int, ckpt_dir: Path,
-             report: FiguresReport, num_classes: int) -> None:
+def _routing(
+    model,
+    data: Split,
+    dev,
+    iterations: int | None,
+    batch_size: int,
+    ckpt_dir: Path,
+    report: FiguresReport,
+    num_classes: int,
+) -> None:
     name = getattr(model, "name", type(model).__name__)
     found = rt.routings(model)
     if not found:
@@ -118,12 +147,18 @@ def _routing(model, data: Split, dev, iterations: int | None, batch_size: int, c
     if history:
         report.written.append(plots.plot_training(history, report.out_dir / "routing_training.png", num_classes))
         evals = [{k: history[k][e] for k in (*rt.STATS, *rt.CONVERGENCE)} for e in range(len(history["epoch"]))]
-        report.written.append(plots.plot_convergence(
-            evals, [f"epoch {e}" for e in history["epoch"]], report.out_dir / "routing_convergence_training.png",
-            f"{layer.name} routing over training (test set, each evaluation)"))
+        report.written.append(
+            plots.plot_convergence(
+                evals,
+                [f"epoch {e}" for e in history["epoch"]],
+                report.out_dir / "routing_convergence_training.png",
+                f"{layer.name} routing over training (test set, each evaluation)",
+            )
+        )
     else:
-        report.notes.append("no routing diagnostics in the run's metrics.jsonl (train with diagnostics: true "
-                            "for routing_training.png)")
+        report.notes.append(
+            "no routing diagnostics in the run's metrics.jsonl (train with diagnostics: true for routing_training.png)"
+        )
     n = iterations or layer.iterations
     if not rt.sweeps_iterations(layer):
         report.notes.append(f"{layer.name} routing has no iterations parameter: one pass only")
@@ -131,19 +166,38 @@ def _routing(model, data: Split, dev, iterations: int | None, batch_size: int, c
     report.sweep = rt.iteration_sweep(model, data, dev, n, batch_size)
     if not report.sweep or rt.STATS[0] not in report.sweep[-1]:
         raise CapslabError(f"{name}: no routing analysis: {layer.name} routing reports no per-iteration diagnostics")
-    report.written.append(plots.plot_sweep(report.sweep, report.out_dir / "routing_iterations.png",
-                                           report.trained_iterations, num_classes))
-    report.written.append(plots.plot_convergence(
-        report.sweep[-1:], [f"{n} iterations"], report.out_dir / "routing_convergence.png",
-        f"{layer.name} routing of the test set, trained with {report.trained_iterations} iterations"))
+    report.written.append(
+        plots.plot_sweep(
+            report.sweep, report.out_dir / "routing_iterations.png", report.trained_iterations, num_classes
+        )
+    )
+    report.written.append(
+        plots.plot_convergence(
+            report.sweep[-1:],
+            [f"{n} iterations"],
+            report.out_dir / "routing_convergence.png",
+            f"{layer.name} routing of the test set, trained with {report.trained_iterations} iterations",
+        )
+    )
     numbers = report.out_dir / "routing_iterations.json"
     longest = report.sweep[-1]
     paper = longest.get(rt.PAPER_STAT, [])
-    numbers.write_text(json.dumps({
-        "checkpoint": str(ckpt_dir), "routing": layer.name, "trained_iterations": report.trained_iterations,
-        "examples": len(data), "logit_change": longest[rt.STATS[0]],
-        **{key.removeprefix("routing_"): longest.get(key, []) for key in rt.CONVERGENCE},
-        "paper_statistic": rt.PAPER_STAT.removeprefix("routing_"),
-        "falls_every_iteration": rt.falls_every_iteration(paper),
-        "by_iterations": report.sweep}, indent=1) + "\n", encoding="utf-8")
+    numbers.write_text(
+        json.dumps(
+            {
+                "checkpoint": str(ckpt_dir),
+                "routing": layer.name,
+                "trained_iterations": report.trained_iterations,
+                "examples": len(data),
+                "logit_change": longest[rt.STATS[0]],
+                **{key.removeprefix("routing_"): longest.get(key, []) for key in rt.CONVERGENCE},
+                "paper_statistic": rt.PAPER_STAT.removeprefix("routing_"),
+                "falls_every_iteration": rt.falls_every_iteration(paper),
+                "by_iterations": report.sweep,
+            },
+            indent=1,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     report.written.append(numbers)

@@ -17,7 +17,7 @@ def image_grid(rows: Tensor, gap: int = 2, fill: float = 1.0) -> np.ndarray:
     for r in range(R):
         for k in range(K):
             y, x = gap + r * (H + gap), gap + k * (W + gap)
-            grid[y:y + H, x:x + W] = pixels[r, k]
+            grid[y : y + H, x : x + W] = pixels[r, k]
     return grid
 
 

@@ -44,8 +44,10 @@ def decoder_of(model: nn.Module) -> MaskedDecoder:
         why = "it was trained with model.decoder: false" if built_without else "it has no decoder"
         raise CapslabError(f"{name}: no dimension perturbations: {why} (they decode perturbed class capsules)")
     if not isinstance(decoder, MaskedDecoder):
-        raise CapslabError(f"{name}: no dimension perturbations: its decoder is a {type(decoder).__name__}, "
-                           f"not a capslab.MaskedDecoder over the class capsules")
+        raise CapslabError(
+            f"{name}: no dimension perturbations: its decoder is a {type(decoder).__name__}, "
+            f"not a capslab.MaskedDecoder over the class capsules"
+        )
     return decoder
 
 
@@ -102,8 +104,9 @@ def save_perturbation_figure(path: Path, images: Tensor, values: Tensor, title: 
     grid = image_grid(images, gap=gap)  # (D*(H+2)+2, V*(W+2)+2, C)
     fig = Figure(figsize=(1.0 + 0.45 * V, 0.8 + 0.45 * D))
     ax = fig.add_subplot()
-    ax.imshow(grid[..., 0] if C == 1 else grid, cmap="gray" if C == 1 else None, vmin=0, vmax=1,
-              interpolation="nearest")
+    ax.imshow(
+        grid[..., 0] if C == 1 else grid, cmap="gray" if C == 1 else None, vmin=0, vmax=1, interpolation="nearest"
+    )
     labels = [f"{round(float(x), 6) + 0.0:+.2f}" for x in values]  # + 0.0: no "-0.00" in the middle
     ax.set_xticks([gap + v * (W + gap) + W / 2 for v in range(V)], labels, fontsize=7, rotation=90)
     ax.set_yticks([gap + d * (H + gap) + H / 2 for d in range(D)], [str(d) for d in range(D)], fontsize=7)

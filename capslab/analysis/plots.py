@@ -93,8 +93,12 @@ def plot_sweep(rows: list[dict[str, Any]], path: Path, trained: int, num_classes
     return _save(fig, path)
 
 
-LABELS = {"routing_logit_change": "mean |b^(r+1) - b^(r)|", "routing_logit_change2": "mean |Δb^(r) - Δb^(r-1)|",
-          "routing_coupling_change": "mean |c^(r) - c^(r-1)|", "routing_pose_change": "mean ||v^(r) - v^(r-1)||"}
+LABELS = {
+    "routing_logit_change": "mean |b^(r+1) - b^(r)|",
+    "routing_logit_change2": "mean |Δb^(r) - Δb^(r-1)|",
+    "routing_coupling_change": "mean |c^(r) - c^(r-1)|",
+    "routing_pose_change": "mean ||v^(r) - v^(r-1)||",
+}
 
 
 def plot_convergence(curves: list[dict[str, Any]], labels: list[str], path: Path, title: str) -> Path:

@@ -55,26 +55,31 @@ def routing_iterations(model: nn.Module, k: int) -> Iterator[list[Routing]]:
     found = routings(model)
     saved = [r.__dict__.get("forward") for r in found]
     for r in found:
-        r.forward = functools.partial(type(r).forward, r, iterations=k)
+        r.forward = functools.partial(type(r).forward, r, iterations=k)  # type: ignore[method-assign]
     try:
         yield found
     finally:
         for r, f in zip(found, saved):
             del r.forward
             if f is not None:
-                r.forward = f
+                r.forward = f  # type: ignore[method-assign]
 
 
-def iteration_sweep(model: nn.Module, data: Split, device: torch.device, max_iterations: int,
-                    batch_size: int = 500) -> list[dict[str, Any]]:
+def iteration_sweep(
+    model: nn.Module, data: Split, device: torch.device, max_iterations: int, batch_size: int = 500
+) -> list[dict[str, Any]]:
     """For k = 1..max_iterations: {"iterations": k, "accuracy", "routing_logit_change" (k,), "routing_entropy" (k,),
     "routing_to_prediction"} on ``data``, from the class layer's routing diagnostics."""
     rows = []
     for k in range(1, max_iterations + 1):
         with routing_iterations(model, k):
             m = evaluate(model, data, device=device, batch_size=batch_size, diagnostics=True)
-        rows.append({"iterations": k, **{key: m[key] for key in ("accuracy", *STATS, *CONVERGENCE,
-                                                                 "routing_to_prediction") if key in m}})
+        rows.append(
+            {
+                "iterations": k,
+                **{key: m[key] for key in ("accuracy", *STATS, *CONVERGENCE, "routing_to_prediction") if key in m},
+            }
+        )
     return rows
 
 
@@ -88,5 +93,8 @@ def training_history(records: list[dict[str, Any]]) -> dict[str, Any]:
     evals = [r for r in records if r.get("kind") == "eval" and STATS[0] in r]
     if not evals:
         return {}
-    return {"epoch": [r["epoch"] for r in evals], "step": [r["step"] for r in evals],
-            **{key: [r.get(key, []) for r in evals] for key in (*STATS, *CONVERGENCE)}}
+    return {
+        "epoch": [r["epoch"] for r in evals],
+        "step": [r["step"] for r in evals],
+        **{key: [r.get(key, []) for r in evals] for key in (*STATS, *CONVERGENCE)},
+    }

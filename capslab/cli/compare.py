@@ -19,7 +19,9 @@ def compare(
     recipe: Annotated[Path, typer.Argument(help="comparison recipe: base, variants / grid, seeds")],
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="runs at once (CPU threads are split)")] = 1,
     out_dir: Annotated[Path | None, typer.Option("--out", help="default runs/compare-<recipe>")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="validate every run's recipe, list the runs, stop")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="validate every run's recipe, list the runs, stop")
+    ] = False,
 ) -> None:
     """Train every variant x seed under the same data and budget; table of mean ± std over seeds.
 

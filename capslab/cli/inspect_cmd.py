@@ -18,7 +18,9 @@ from capslab.train.report import read_metrics
 
 @user_errors
 def inspect(
-    checkpoint: Annotated[Path, typer.Argument(help="a run directory, a checkpoint directory or its model.safetensors")],
+    checkpoint: Annotated[
+        Path, typer.Argument(help="a run directory, a checkpoint directory or its model.safetensors")
+    ],
     tensors: Annotated[int, typer.Option("--tensors", min=0, help="list at most this many tensors")] = 40,
     as_json: Annotated[bool, typer.Option("--json", help="print the metadata as JSON")] = False,
 ) -> None:
@@ -29,10 +31,12 @@ def inspect(
         out.print_json(json.dumps({**meta, "tensors": {k: list(v.shape) for k, v in weights.items()}}))
         return
     total = sum(v.numel() for v in weights.values())
-    out.print(f"[bold]{ckpt_dir}[/]: step {meta.get('step')}, epoch {meta.get('epoch')}, {len(weights)} tensors, "
-              f"{total:,} parameters; capslab {meta.get('capslab_version')}, torch {meta.get('torch_version')}, "
-              f"format {meta.get('format_version')}; trainer state "
-              f"{'present' if (ckpt_dir / ckpt.STATE_FILE).is_file() else 'missing'}")
+    out.print(
+        f"[bold]{ckpt_dir}[/]: step {meta.get('step')}, epoch {meta.get('epoch')}, {len(weights)} tensors, "
+        f"{total:,} parameters; capslab {meta.get('capslab_version')}, torch {meta.get('torch_version')}, "
+        f"format {meta.get('format_version')}; trainer state "
+        f"{'present' if (ckpt_dir / ckpt.STATE_FILE).is_file() else 'missing'}"
+    )
     for section, version in (meta.get("plugins") or {}).items():
         out.print(f"  {section}: {version}")
 
@@ -48,8 +52,14 @@ def inspect(
         for column in ("epoch", "step", "train acc", "test acc", "test error", "img/s"):
             table.add_column(column, justify="right", overflow="fold")
         for r in history:
-            table.add_row(str(r["epoch"]), str(r["step"]), f"{r['train_accuracy']:.2%}", f"{r['test_accuracy']:.2%}",
-                          f"{r['test_error']:.2%}", f"{r['img_per_s']:.0f}")
+            table.add_row(
+                str(r["epoch"]),
+                str(r["step"]),
+                f"{r['train_accuracy']:.2%}",
+                f"{r['test_accuracy']:.2%}",
+                f"{r['test_error']:.2%}",
+                f"{r['img_per_s']:.0f}",
+            )
         out.print(table)
 
     text = io.StringIO()
@@ -63,8 +73,14 @@ def inspect(
     for name, t in list(weights.items())[:tensors]:
         f = t.float()
         std = f"{float(f.std()):.4g}" if t.numel() > 1 else "-"
-        table.add_row(name, "x".join(map(str, t.shape)) or "()", str(t.dtype).removeprefix("torch."), f"{t.numel():,}",
-                      f"{float(f.mean()):.4g}" if t.numel() else "-", std)
+        table.add_row(
+            name,
+            "x".join(map(str, t.shape)) or "()",
+            str(t.dtype).removeprefix("torch."),
+            f"{t.numel():,}",
+            f"{float(f.mean()):.4g}" if t.numel() else "-",
+            std,
+        )
     out.print(table)
 
 

@@ -24,14 +24,27 @@ def split_args(args: list[str]) -> tuple[str | None, list[str]]:
 
 @user_errors
 def train(
-    args: Annotated[list[str] | None, typer.Argument(
-        metavar="RECIPE KEY=VALUE", show_default=False,
-        help="a recipe file or embedded name (default: quickstart), then overrides such as train.epochs=2")] = None,
-    resume: Annotated[Path | None, typer.Option(
-        "--resume", metavar="RUN_DIR", help="continue this run exactly from its last checkpoint "
-        "(its own recipe unless RECIPE is given; overrides such as train.epochs=20 apply)")] = None,
-    run_dir: Annotated[Path | None, typer.Option(
-        "--run-dir", metavar="DIR", help="where the run goes (default runs/<recipe>-<timestamp>)")] = None,
+    args: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="RECIPE KEY=VALUE",
+            show_default=False,
+            help="a recipe file or embedded name (default: quickstart), then overrides such as train.epochs=2",
+        ),
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume",
+            metavar="RUN_DIR",
+            help="continue this run exactly from its last checkpoint "
+            "(its own recipe unless RECIPE is given; overrides such as train.epochs=20 apply)",
+        ),
+    ] = None,
+    run_dir: Annotated[
+        Path | None,
+        typer.Option("--run-dir", metavar="DIR", help="where the run goes (default runs/<recipe>-<timestamp>)"),
+    ] = None,
 ) -> None:
     """Train a recipe; each epoch is evaluated, logged to metrics.jsonl and checkpointed."""
     recipe_arg, overrides = split_args(args or [])
@@ -53,18 +66,21 @@ def train(
         recipe = load_recipe(path, overrides)
         run_dir = run_dir or Path("runs") / f"{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
         if (run_dir / "checkpoints" / ckpt.LATEST).exists():
-            raise CapslabError(f"{run_dir}: already holds a run; continue it with --resume {run_dir} "
-                               f"or choose another --run-dir")
+            raise CapslabError(
+                f"{run_dir}: already holds a run; continue it with --resume {run_dir} or choose another --run-dir"
+            )
     try:
         record = run_training(recipe, run_dir, resume=ckpt_dir, console=out)
     except KeyboardInterrupt:
         out.print(f"\ninterrupted; continue from the last finished epoch with: capslab train --resume {run_dir}")
         raise typer.Exit(130) from None
     if record:
-        out.print(f"[bold]done[/]: test accuracy {record['test_accuracy']:.2%} (error {record['test_error']:.2%}) "
-                  f"after {record['epoch']} epochs, {record['elapsed_s']:.0f} s. Run: {run_dir} "
-                  f"({', '.join(p.name for p in sorted(run_dir.iterdir()) if p.is_file())}); "
-                  f"evaluate: capslab eval {run_dir}")
+        out.print(
+            f"[bold]done[/]: test accuracy {record['test_accuracy']:.2%} (error {record['test_error']:.2%}) "
+            f"after {record['epoch']} epochs, {record['elapsed_s']:.0f} s. Run: {run_dir} "
+            f"({', '.join(p.name for p in sorted(run_dir.iterdir()) if p.is_file())}); "
+            f"evaluate: capslab eval {run_dir}"
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -28,11 +28,15 @@ def validate(
         with torch.device("meta"):  # shapes only: no memory, no time
             model = make_model(r, info)
     except (CapslabError, ValueError) as exc:
-        raise RecipeError(f"{path}: model: cannot build {r.model.name!r} with {r.routing.name!r} routing: {exc}") from None
+        raise RecipeError(
+            f"{path}: model: cannot build {r.model.name!r} with {r.routing.name!r} routing: {exc}"
+        ) from None
     params = sum(p.numel() for p in model.parameters())
-    out.print(f"{path}: OK: {r.model.name} ({params / 1e6:.2f}M parameters) with {r.routing.name} routing "
-              f"({r.routing.params.get('iterations', '-')} iterations) on {r.data.name}, {r.train.epochs} epochs "
-              f"of batch {r.train.batch_size}")
+    out.print(
+        f"{path}: OK: {r.model.name} ({params / 1e6:.2f}M parameters) with {r.routing.name} routing "
+        f"({r.routing.params.get('iterations', '-')} iterations) on {r.data.name}, {r.train.epochs} epochs "
+        f"of batch {r.train.batch_size}"
+    )
     if show:
         dump_recipe(r, sys.stdout)
 

@@ -4,5 +4,13 @@ from capslab.compare.results import VariantRow, aggregate, markdown_table, write
 from capslab.compare.runner import run_compare
 from capslab.compare.sweep import CompareSpec, PlannedRun, load_compare
 
-__all__ = ["CompareSpec", "PlannedRun", "VariantRow", "aggregate", "load_compare", "markdown_table", "run_compare",
-           "write_results"]
+__all__ = [
+    "CompareSpec",
+    "PlannedRun",
+    "VariantRow",
+    "aggregate",
+    "load_compare",
+    "markdown_table",
+    "run_compare",
+    "write_results",
+]

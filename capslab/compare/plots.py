@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from capslab.compare.results import VariantRow
@@ -32,7 +32,7 @@ def plot_errors(rows: list[VariantRow], path: Path) -> Path:
     return path
 
 
-def plot_curves(curves: dict[str, Sequence[tuple[int, float]]], path: Path, ylabel: str = "training loss") -> Path:
+def plot_curves(curves: Mapping[str, Sequence[tuple[int, float]]], path: Path, ylabel: str = "training loss") -> Path:
     """curves: variant -> [(step, value), ...] (seed 0's or the seeds' mean)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))

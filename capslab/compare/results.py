@@ -62,9 +62,12 @@ def write_results(rows: list[VariantRow], runs: Sequence[dict], out_dir: Path) -
         w = csv.writer(f)
         w.writerow(["variant", "seeds"] + [c for k, _, _ in METRICS for c in (f"{k}_mean", f"{k}_std")])
         for row in rows:
-            w.writerow([row.variant, len(row.seeds)] + [row_v for k, _, _ in METRICS for row_v in (row.mean[k], row.std[k])])
-    paths["json"].write_text(json.dumps({"variants": [asdict(r) for r in rows], "runs": list(runs)}, indent=2,
-                                        default=str))
+            w.writerow(
+                [row.variant, len(row.seeds)] + [row_v for k, _, _ in METRICS for row_v in (row.mean[k], row.std[k])]
+            )
+    paths["json"].write_text(
+        json.dumps({"variants": [asdict(r) for r in rows], "runs": list(runs)}, indent=2, default=str)
+    )
     paths["md"].write_text(markdown_table(rows) + "\n")
     return paths
 
@@ -73,5 +76,7 @@ def markdown_table(rows: list[VariantRow]) -> str:
     head = ["variant", "seeds"] + [title for _, title, _ in METRICS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        lines.append("| " + " | ".join([row.variant, str(len(row.seeds))] + [row.cell(k, f) for k, _, f in METRICS]) + " |")
+        lines.append(
+            "| " + " | ".join([row.variant, str(len(row.seeds))] + [row.cell(k, f) for k, _, f in METRICS]) + " |"
+        )
     return "\n".join(lines)

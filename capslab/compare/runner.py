@@ -30,18 +30,26 @@ def launch(run_dir: Path, threads: int) -> int:
     """Train one run in a child process; its output goes to RUN_DIR/train.log."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     with (run_dir / "worker.log").open("w") as log:
-        return subprocess.run([sys.executable, "-m", "capslab.compare.worker", str(run_dir)], env=env,
-                              stdout=log, stderr=subprocess.STDOUT).returncode
+        return subprocess.run(
+            [sys.executable, "-m", "capslab.compare.worker", str(run_dir)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        ).returncode
 
 
-def run_compare(runs: list[PlannedRun], out_dir: Path, jobs: int = 1, console: Console | None = None) -> dict[str, Path]:
+def run_compare(
+    runs: list[PlannedRun], out_dir: Path, jobs: int = 1, console: Console | None = None
+) -> dict[str, Path]:
     console = console or Console(stderr=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     dirs = {run.key: prepare(run, out_dir) for run in runs}
     pending = [run for run in runs if not (dirs[run.key] / SUMMARY).exists()]
     done = len(runs) - len(pending)
-    console.print(f"[bold]capslab compare[/]: {len(runs)} runs ({done} already finished) into {out_dir}, "
-                  f"{jobs} at a time", highlight=False)
+    console.print(
+        f"[bold]capslab compare[/]: {len(runs)} runs ({done} already finished) into {out_dir}, {jobs} at a time",
+        highlight=False,
+    )
     threads = max(1, (os.cpu_count() or 1) // jobs)
     failed = []
 
@@ -63,12 +71,20 @@ def run_compare(runs: list[PlannedRun], out_dir: Path, jobs: int = 1, console: C
     paths = write_results(rows, summaries, out_dir)
     if rows:
         paths["errors_png"] = plot_errors(rows, out_dir / "test_error.png")
-        curves = {run.variant: [(r["step"], r["loss"]) for r in read_metrics(dirs[run.key] / "metrics.jsonl")
-                                if r.get("kind") == "train"]
-                  for run in runs if run.seed == runs[0].seed and (dirs[run.key] / SUMMARY).exists()}
+        curves = {
+            run.variant: [
+                (r["step"], r["loss"])
+                for r in read_metrics(dirs[run.key] / "metrics.jsonl")
+                if r.get("kind") == "train"
+            ]
+            for run in runs
+            if run.seed == runs[0].seed and (dirs[run.key] / SUMMARY).exists()
+        }
         if any(curves.values()):  # never an empty plot
             paths["curves_png"] = plot_curves(curves, out_dir / "training_curves.png")
     if failed:
-        raise CapslabError(f"{len(failed)} of {len(runs)} runs failed ({', '.join(failed)}); fix and rerun the same "
-                           f"command to resume, finished runs are skipped")
+        raise CapslabError(
+            f"{len(failed)} of {len(runs)} runs failed ({', '.join(failed)}); fix and rerun the same "
+            f"command to resume, finished runs are skipped"
+        )
     return paths

@@ -106,8 +106,12 @@ def load_compare(path: str | Path) -> list[PlannedRun]:
         labels.add(label)
         for seed in spec.seeds:
             try:
-                recipe = parse_recipe(json.loads(json.dumps(base)), source, [*spec.set, *overrides, f"seed={seed}"],
-                                      base_pos if not isinstance(spec.base, dict) else None)
+                recipe = parse_recipe(
+                    json.loads(json.dumps(base)),
+                    source,
+                    [*spec.set, *overrides, f"seed={seed}"],
+                    base_pos if not isinstance(spec.base, dict) else None,
+                )
             except RecipeError as exc:
                 problems += [f"{p} (variant {label!r})" for p in exc.problems]
                 break

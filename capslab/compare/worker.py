@@ -19,8 +19,8 @@ from rich.console import Console
 
 from capslab.compare.results import SUMMARY
 from capslab.recipe import load_recipe
-from capslab.train import evaluate, load_checkpoint_model, resolve_checkpoint, train
 from capslab.train import checkpoint as ckpt
+from capslab.train import evaluate, load_checkpoint_model, resolve_checkpoint, train
 from capslab.train.report import read_metrics
 from capslab.train.runtime import load_split, make_dataset, resolve_device
 
@@ -39,8 +39,14 @@ def inference_img_s(run_dir: Path, recipe, device: torch.device, repeats: int = 
         synchronize(device)
         t0 = time.perf_counter()
         with torch.no_grad():
-            evaluate(model, test, device=device, batch_size=recipe.train.eval_batch_size, bf16=recipe.train.bf16,
-                     channels_last=recipe.train.channels_last)
+            evaluate(
+                model,
+                test,
+                device=device,
+                batch_size=recipe.train.eval_batch_size,
+                bf16=recipe.train.bf16,
+                channels_last=recipe.train.channels_last,
+            )
         synchronize(device)
         best = min(best, time.perf_counter() - t0)
     return len(test) / best

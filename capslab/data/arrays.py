@@ -17,8 +17,9 @@ def as_pixels(array: np.ndarray, path: str | Path, what: str = "images") -> np.n
     if array.dtype.kind not in "iuf" or (array.dtype.kind == "f" and not np.isfinite(array).all()):
         raise DataError(f"{path}: {what} are not finite numbers (dtype {array.dtype}); is this the right file?")
     if array.size and (array.min() < 0 or array.max() > 255 or (array != np.round(array)).any()):
-        raise DataError(f"{path}: {what} are not pixels 0..255 (range {array.min()}..{array.max()}); "
-                        f"is this the right file?")
+        raise DataError(
+            f"{path}: {what} are not pixels 0..255 (range {array.min()}..{array.max()}); is this the right file?"
+        )
     return array.astype(np.uint8)
 
 
@@ -29,6 +30,7 @@ def as_labels(array, path: str | Path, low: int, high: int, what: str = "labels"
         raise DataError(f"{path}: {what} are not integers (dtype {labels.dtype}); is this the right file?")
     labels = labels.astype(np.int64)
     if labels.size and (labels.min() < low or labels.max() > high):
-        raise DataError(f"{path}: {what} range {labels.min()}..{labels.max()}, expected {low}..{high}; "
-                        f"is this the right file?")
+        raise DataError(
+            f"{path}: {what} range {labels.min()}..{labels.max()}, expected {low}..{high}; is this the right file?"
+        )
     return labels

@@ -35,13 +35,13 @@ def _reason(exc: Exception) -> str:
 def fetch(
     fname: str,
     urls: str | Sequence[str],
-    known_hash: str,
+    known_hash: str | None,
     directory: str | Path,
     downloader: Callable | None = None,
 ) -> Path:
     """Download ``fname`` into ``directory`` from the first of ``urls`` that works.
 
-    ``known_hash`` is ``"md5:<hex>"`` or ``"sha256:<hex>"``; a file already there with that hash is
+    ``known_hash`` is ``"md5:<hex>"``, ``"sha256:<hex>"`` or None (no check); a file already there with that hash is
     not downloaded again. ``downloader`` replaces pooch's choice (tests pass one that copies a file).
     """
     directory = Path(directory).expanduser()

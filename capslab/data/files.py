@@ -59,8 +59,7 @@ class FileDataset(Dataset):
                 self.check(path, f)
             return path
         if not self.params.download:
-            raise DataError(f"{path} not found; put the {self.name} files in {self.directory()} "
-                            f"or set download: true")
+            raise DataError(f"{path} not found; put the {self.name} files in {self.directory()} or set download: true")
         rel = PurePosixPath(f.name)
         known = f"md5:{f.md5}" if f.md5 else None  # None: pooch downloads without a check
         return fetch(rel.name, [m + f.name for m in self.mirrors], known, path.parent)
@@ -68,9 +67,12 @@ class FileDataset(Dataset):
     def check(self, path: Path, f: ReleaseFile) -> None:
         """``path`` must be the official release's ``f`` (by MD5)."""
         if f.md5 is None:
-            raise DataError(f"{path}: no published checksum is known for {f.name}, so verify cannot check it; "
-                            f"set verify: false")
+            raise DataError(
+                f"{path}: no published checksum is known for {f.name}, so verify cannot check it; set verify: false"
+            )
         digest = md5_file(path)
         if digest != f.md5:
-            raise DataError(f"{path}: checksum mismatch (MD5 {digest}, the official {self.name} release has "
-                            f"{f.md5}); delete it to download it again, or set verify: false to use it")
+            raise DataError(
+                f"{path}: checksum mismatch (MD5 {digest}, the official {self.name} release has "
+                f"{f.md5}); delete it to download it again, or set verify: false to use it"
+            )

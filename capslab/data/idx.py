@@ -46,12 +46,16 @@ def parse_idx(data: bytes, path: str | Path = "<bytes>", ndim: int | None = None
     head = data[:4]
     magic = f"0x{head.hex()}" if head else "(empty file)"
     if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in IDX_TYPES or head[3] == 0:
-        raise DataError(f"{path}: not an IDX file (magic number {magic}, expected e.g. 0x00000803 for "
-                        f"images or 0x00000801 for labels); re-download it or point data_dir at the standard files")
+        raise DataError(
+            f"{path}: not an IDX file (magic number {magic}, expected e.g. 0x00000803 for "
+            f"images or 0x00000801 for labels); re-download it or point data_dir at the standard files"
+        )
     dims = head[3]
     if ndim is not None and dims != ndim:
-        raise DataError(f"{path}: IDX file has {dims} dimensions (magic {magic}), expected {ndim} "
-                        f"(magic 0x{0x800 + ndim:08x}); are the image and label files swapped?")
+        raise DataError(
+            f"{path}: IDX file has {dims} dimensions (magic {magic}), expected {ndim} "
+            f"(magic 0x{0x800 + ndim:08x}); are the image and label files swapped?"
+        )
     header = 4 + 4 * dims
     if len(data) < header:
         raise DataError(f"{path}: truncated IDX header ({len(data)} bytes); delete it and download it again")
@@ -65,8 +69,10 @@ def matrix_payload(data: bytes, header: int, shape: tuple[int, ...], dtype: np.d
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(data) - header != expected:
         problem = "truncated" if len(data) - header < expected else "has trailing bytes"
-        raise DataError(f"{path}: {problem}: header says shape {shape} ({expected} bytes of data) but the file "
-                        f"holds {len(data) - header}; delete it and download it again")
+        raise DataError(
+            f"{path}: {problem}: header says shape {shape} ({expected} bytes of data) but the file "
+            f"holds {len(data) - header}; delete it and download it again"
+        )
     return np.frombuffer(data, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
@@ -99,8 +105,10 @@ def load_idx_split(images_path: str | Path, labels_path: str | Path) -> Split:
 def idx_split(images: np.ndarray, labels: np.ndarray, images_path: str | Path, labels_path: str | Path) -> Split:
     """Check and convert parsed IDX arrays (the images' memory is shared); the paths name the files in errors."""
     if len(images) != len(labels):
-        raise DataError(f"{labels_path}: {len(labels)} labels for {len(images)} images in {images_path}; "
-                        f"the two files come from different releases: download both again")
+        raise DataError(
+            f"{labels_path}: {len(labels)} labels for {len(images)} images in {images_path}; "
+            f"the two files come from different releases: download both again"
+        )
     if images.dtype != np.uint8:
         raise DataError(f"{images_path}: images are {images.dtype}, expected uint8 (type code 0x08)")
     # parse_idx returns fresh writable arrays: share their memory instead of copying 47 MB again
@@ -155,8 +163,9 @@ class IDXDataset(Dataset):
         if found is not None:
             return found
         if not self.params.download:
-            raise DataError(f"{directory / f.name}[.gz] not found; put the {self.name} files in "
-                            f"{directory} or set download: true")
+            raise DataError(
+                f"{directory / f.name}[.gz] not found; put the {self.name} files in {directory} or set download: true"
+            )
         gz = f"{f.name}.gz"
         return fetch(gz, [m + gz for m in self.mirrors], f"md5:{f.md5}", directory)
 
@@ -164,8 +173,10 @@ class IDXDataset(Dataset):
         """``data``, the decompressed bytes of ``path``, must be the official release's."""
         digest = hashlib.md5(data, usedforsecurity=False).hexdigest()
         if digest != f.content_md5:
-            raise DataError(f"{path}: checksum mismatch (decompressed MD5 {digest}, the official {self.name} "
-                            f"release has {f.content_md5}); replace the file, or set verify: false to use it")
+            raise DataError(
+                f"{path}: checksum mismatch (decompressed MD5 {digest}, the official {self.name} "
+                f"release has {f.content_md5}); replace the file, or set verify: false to use it"
+            )
 
     def load(self, split: Literal["train", "test"]) -> Split:
         if split not in self.files:
@@ -173,14 +184,18 @@ class IDXDataset(Dataset):
         paths = [self.path(f) for f in self.files[split]]
         raw = [read_idx_bytes(p) for p in paths]  # read once: verified and parsed from the same bytes
         if self.params.verify:
-            for path, data, f in zip(paths, raw, self.files[split]):
-                self.check_content(path, data, f)
+            for path, content, f in zip(paths, raw, self.files[split]):
+                self.check_content(path, content, f)
         data = idx_split(parse_idx(raw[0], paths[0], 3), parse_idx(raw[1], paths[1], 1), *paths)
         if tuple(data.images.shape[1:]) != self.info.shape:
-            raise DataError(f"{paths[0]}: images are {tuple(data.images.shape[2:])}, {self.name} expects "
-                            f"{self.info.height}x{self.info.width}; point data_dir at the {self.name} files")
+            raise DataError(
+                f"{paths[0]}: images are {tuple(data.images.shape[2:])}, {self.name} expects "
+                f"{self.info.height}x{self.info.width}; point data_dir at the {self.name} files"
+            )
         low, high = (int(data.labels.min()), int(data.labels.max())) if len(data) else (0, 0)
         if low < 0 or high >= self.info.num_classes:
-            raise DataError(f"{paths[1]}: labels range {low}..{high}, {self.name} has classes "
-                            f"0..{self.info.num_classes - 1}; point data_dir at the {self.name} files")
+            raise DataError(
+                f"{paths[1]}: labels range {low}..{high}, {self.name} has classes "
+                f"0..{self.info.num_classes - 1}; point data_dir at the {self.name} files"
+            )
         return data

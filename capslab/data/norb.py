@@ -28,15 +28,19 @@ def parse_norb(data: bytes, path: str | Path = "<bytes>", ndim: int | None = Non
     magic = int.from_bytes(data[:4], "little") if len(data) >= 4 else None
     if magic not in NORB_TYPES:
         shown = f"0x{magic:08X}" if magic is not None else "(file shorter than 4 bytes)"
-        raise DataError(f"{path}: not a NORB binary matrix (magic number {shown}, expected e.g. 0x1E3D4C55 for "
-                        f"images or 0x1E3D4C54 for labels); re-download it or point data_dir at the standard files")
+        raise DataError(
+            f"{path}: not a NORB binary matrix (magic number {shown}, expected e.g. 0x1E3D4C55 for "
+            f"images or 0x1E3D4C54 for labels); re-download it or point data_dir at the standard files"
+        )
     dims = int.from_bytes(data[4:8], "little", signed=True) if len(data) >= 8 else -1
     if not 0 < dims <= MAX_DIMS:
-        raise DataError(f"{path}: truncated or corrupt NORB header (dimension count {dims}); delete it and "
-                        f"download it again")
+        raise DataError(
+            f"{path}: truncated or corrupt NORB header (dimension count {dims}); delete it and download it again"
+        )
     if ndim is not None and dims != ndim:
-        raise DataError(f"{path}: NORB matrix has {dims} dimensions, expected {ndim}; are the -dat, -cat and "
-                        f"-info files mixed up?")
+        raise DataError(
+            f"{path}: NORB matrix has {dims} dimensions, expected {ndim}; are the -dat, -cat and -info files mixed up?"
+        )
     header = 8 + 4 * max(dims, 3)
     if len(data) < header:
         raise DataError(f"{path}: truncated NORB header ({len(data)} bytes); delete it and download it again")
@@ -56,8 +60,9 @@ def write_norb(path: str | Path, array: np.ndarray, compress: bool | None = None
     path, array = Path(path), np.asarray(array)
     magic = _MAGICS.get(array.dtype.str[1:])
     if magic is None or not 0 < array.ndim <= MAX_DIMS:
-        raise ValueError(f"a NORB matrix holds 1..{MAX_DIMS} dimensions of {sorted(_MAGICS)}, got "
-                         f"{array.ndim} of {array.dtype}")
+        raise ValueError(
+            f"a NORB matrix holds 1..{MAX_DIMS} dimensions of {sorted(_MAGICS)}, got {array.ndim} of {array.dtype}"
+        )
     dims = list(array.shape) + [1] * (3 - array.ndim)  # at least three size fields, unused ones 1
     header = np.asarray([magic, array.ndim], "<u4").tobytes() + np.asarray(dims, "<i4").tobytes()
     data = header + array.astype(NORB_TYPES[magic]).tobytes()

@@ -100,7 +100,7 @@ class _VotesIJDB(torch.autograd.Function):
 
 def compute_votes(u: Tensor, weight: Tensor, layout: VotesLayout | str = VotesLayout.BJID) -> Tensor:
     """u (B, I, K), weight (J, I, K, D) -> votes (B, I, J, D), stored per ``layout`` (module doc)."""
-    layout = VotesLayout(layout)
+    layout = VotesLayout(layout)  # type: ignore[call-arg]  # a lookup by value: the doc is not asked for
     if layout is VotesLayout.IBJD:
         return _VotesIBJD.apply(u, weight)
     if layout is VotesLayout.IJDB:
@@ -115,8 +115,7 @@ class ClassCapsules(nn.Module):
     The votes are stored as the routing's chosen path reads them (see the module doc).
     """
 
-    def __init__(self, in_caps: int, in_dim: int, out_caps: int, out_dim: int, routing: Routing,
-                 init_std: float = 0.1):
+    def __init__(self, in_caps: int, in_dim: int, out_caps: int, out_dim: int, routing: Routing, init_std: float = 0.1):
         super().__init__()
         self.in_caps, self.in_dim, self.out_caps, self.out_dim = in_caps, in_dim, out_caps, out_dim
         # (J, I, K, D); the official std 0.1: larger W saturates the squash of s_j = sum over ~1000 votes

@@ -28,15 +28,27 @@ class PrimaryCapsules(nn.Module):
       ``models.py``: conv_a, bn_a) and the logistic unit of EM's primary capsules (Hinton 2018, Sec. 3).
     """
 
-    def __init__(self, in_channels: int, types: int = 32, dim: int = 8, kernel_size: int = 9, stride: int = 2,
-                 squash: nn.Module | None = None, scale: float = 1.0, activation: Activation = "length"):
+    def __init__(
+        self,
+        in_channels: int,
+        types: int = 32,
+        dim: int = 8,
+        kernel_size: int = 9,
+        stride: int = 2,
+        squash: nn.Module | None = None,
+        scale: float = 1.0,
+        activation: Activation = "length",
+    ):
         super().__init__()
         self.types, self.dim, self.scale = types, dim, scale
         self.conv = nn.Conv2d(in_channels, types * dim, kernel_size, stride)
         self.squash = squash
         self.activation = activation
-        self.head = (nn.Sequential(nn.Conv2d(in_channels, types, kernel_size, stride), nn.BatchNorm2d(types))
-                     if activation == "sigmoid" else None)
+        self.head = (
+            nn.Sequential(nn.Conv2d(in_channels, types, kernel_size, stride), nn.BatchNorm2d(types))
+            if activation == "sigmoid"
+            else None
+        )
 
     def output_grid(self, height: int, width: int) -> tuple[int, int]:
         k, s = self.conv.kernel_size[0], self.conv.stride[0]

@@ -62,8 +62,12 @@ class Plugins:
         self.failed[name] = reason
         if self.pm.get_plugin(name) is not None:
             self.pm.unregister(name=name)
-        warnings.warn(f"{self._label(name)} is disabled: {reason}; fix or uninstall it, or set "
-                      f"{DISABLE_ENV}={name} to silence this", PluginWarning, stacklevel=4)
+        warnings.warn(
+            f"{self._label(name)} is disabled: {reason}; fix or uninstall it, or set "
+            f"{DISABLE_ENV}={name} to silence this",
+            PluginWarning,
+            stacklevel=4,
+        )
 
     def _register(self, module: Any, name: str, dist: str, version: str) -> None:
         if name in self.blocked:
@@ -95,8 +99,11 @@ class Plugins:
             unknown = [attr for attr in marked if attr not in spec.KINDS]
             if unknown:
                 hints = "".join(did_you_mean(attr, spec.KINDS) for attr in unknown)
-                self._fail(name, f"it implements {', '.join(map(repr, unknown))}, which is no capslab hook"
-                                 f"{hints or ''}; known hooks: {', '.join(spec.KINDS)}")
+                self._fail(
+                    name,
+                    f"it implements {', '.join(map(repr, unknown))}, which is no capslab hook"
+                    f"{hints or ''}; known hooks: {', '.join(spec.KINDS)}",
+                )
         self.pm.check_pending()  # nothing unknown is left registered
 
     def _collect(self) -> None:
@@ -104,32 +111,8 @@ class Plugins:
         for name, plugin in list(self.pm.list_name_plugin()):
             if plugin is None:  # blocked
                 continue
-            entries: list[Entry] = []
-            dist, version = self.dists.get(name, ("?", "?"))
             try:
-                for hook_name, kind in spec.KINDS.items():
-                    if not hasattr(plugin, hook_name) or self.pm.parse_hookimpl_opts(plugin, hook_name) is None:
-                        continue
-
-                    def register(obj: Any, name: str | None = None, *, _kind: str = kind, _plugin: str = name) -> None:
-                        comp_name = name or getattr(obj, "name", None)
-                        if not comp_name:
-                            raise PluginError(f"it registered a {_kind} without a name: {obj!r}")
-                        entries.append(Entry(_kind, comp_name, obj, _plugin, dist, version))
-
-                    try:
-                        getattr(plugin, hook_name)(register=register)
-                    except PluginError:
-                        raise
-                    except Exception as exc:  # the plugin's own bug, reported by its name
-                        raise PluginError(f"its {hook_name} raised {type(exc).__name__}: {exc}") from exc
-                for entry in entries:
-                    self.registries[entry.kind].check_new(entry)
-                seen: set[tuple[str, str]] = set()
-                for entry in entries:
-                    if (entry.kind, entry.name) in seen:
-                        raise PluginError(f"it registers {entry.kind} {entry.name!r} twice")
-                    seen.add((entry.kind, entry.name))
+                entries = self._components(name, plugin)
             except PluginError as exc:
                 self._fail(name, str(exc))
                 continue
@@ -138,10 +121,41 @@ class Plugins:
             if not entries:
                 self._warn_empty(name, plugin)
 
+    def _components(self, plugin_name: str, plugin: Any) -> list[Entry]:
+        """What the plugin's hooks register; PluginError if a hook raises, or a name is missing or taken."""
+        entries: list[Entry] = []
+        dist, version = self.dists.get(plugin_name, ("?", "?"))
+        for hook_name, kind in spec.KINDS.items():
+            if not hasattr(plugin, hook_name) or self.pm.parse_hookimpl_opts(plugin, hook_name) is None:
+                continue
+
+            def register(obj: Any, name: str | None = None, *, _kind: str = kind) -> None:
+                comp_name = name or getattr(obj, "name", None)
+                if not comp_name:
+                    raise PluginError(f"it registered a {_kind} without a name: {obj!r}")
+                entries.append(Entry(_kind, comp_name, obj, plugin_name, dist, version))
+
+            try:
+                getattr(plugin, hook_name)(register=register)
+            except PluginError:
+                raise
+            except Exception as exc:  # the plugin's own bug, reported by its name
+                raise PluginError(f"its {hook_name} raised {type(exc).__name__}: {exc}") from exc
+        seen: set[tuple[str, str]] = set()
+        for entry in entries:
+            self.registries[entry.kind].check_new(entry)
+            if (entry.kind, entry.name) in seen:
+                raise PluginError(f"it registers {entry.kind} {entry.name!r} twice")
+            seen.add((entry.kind, entry.name))
+        return entries
+
     def _warn_empty(self, name: str, plugin: Any) -> None:
         unmarked = [attr for attr in spec.KINDS if callable(getattr(plugin, attr, None))]
-        why = (f"its {', '.join(unmarked)} {'is' if len(unmarked) == 1 else 'are'} not marked @capslab.hookimpl"
-               if unmarked else f"it implements none of the hooks {', '.join(spec.KINDS)}")
+        why = (
+            f"its {', '.join(unmarked)} {'is' if len(unmarked) == 1 else 'are'} not marked @capslab.hookimpl"
+            if unmarked
+            else f"it implements none of the hooks {', '.join(spec.KINDS)}"
+        )
         warnings.warn(f"{self._label(name)} registered no component: {why}", PluginWarning, stacklevel=4)
 
     def registry(self, kind: str) -> Registry:

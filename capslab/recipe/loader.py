@@ -9,7 +9,7 @@ YAML 1.2 through ruamel.yaml's round-trip loader (PyYAML's YAML 1.1 reads ``1e-3
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -37,8 +37,9 @@ class RecipeError(CapslabError):
 class Locator:
     """Where a key path was written: ``file:line:col`` (1-based), or ``<override>``."""
 
-    def __init__(self, source: str, positions: dict[Loc, tuple[int, int]] | None = None,
-                 overridden: set[Loc] | None = None):
+    def __init__(
+        self, source: str, positions: dict[Loc, tuple[int, int]] | None = None, overridden: set[Loc] | None = None
+    ):
         self.source, self.positions, self.overridden = source, positions or {}, overridden or set()
 
     def where(self, loc: Loc) -> str:
@@ -102,14 +103,20 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
     return parse_recipe(data, str(path), overrides, positions)
 
 
-def parse_recipe(data: Any, source: str = "<recipe>", overrides: Iterable[str] = (),
-                 positions: dict[Loc, tuple[int, int]] | None = None) -> Recipe:
+def parse_recipe(
+    data: Any,
+    source: str = "<recipe>",
+    overrides: Iterable[str] = (),
+    positions: dict[Loc, tuple[int, int]] | None = None,
+) -> Recipe:
     """Validate recipe data (a dict, e.g. from YAML or a checkpoint); component params are resolved
     through their plugins, so the returned recipe holds every parameter with its default filled in."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise RecipeError(f"{source}:1:1: a recipe is a mapping of sections (seed, data, model, ...), not {type(data).__name__}")
+        raise RecipeError(
+            f"{source}:1:1: a recipe is a mapping of sections (seed, data, model, ...), not {type(data).__name__}"
+        )
     data = {k: ({"name": v} if k in COMPONENTS and isinstance(v, str) else v) for k, v in data.items()}
     overridden, problems = apply_overrides(data, overrides, COMPONENTS)
     at = Locator(source, positions, overridden)
@@ -152,13 +159,19 @@ def _check_compatible(resolved: dict[str, dict[str, Any]], at: Locator) -> list[
         return []
     model, loss = registry("model").get(resolved["model"]["name"]), registry("loss").get(resolved["loss"]["name"])
     if getattr(loss, "expects", "probability") == "probability" and getattr(model, "scores", "") == "logits":
-        return [at.problem(("loss", "name"), f"loss {loss.name!r} expects scores in [0, 1] but model "
-                                            f"{model.name!r} outputs logits; use loss: cross_entropy")]
+        return [
+            at.problem(
+                ("loss", "name"),
+                f"loss {loss.name!r} expects scores in [0, 1] but model "
+                f"{model.name!r} outputs logits; use loss: cross_entropy",
+            )
+        ]
     return []
 
 
-def _problem(err: dict[str, Any], cls: type[BaseModel], at: Locator, prefix: Loc = (),
-             extra_keys: Sequence[str] = ()) -> str:
+def _problem(
+    err: Mapping[str, Any], cls: type[BaseModel], at: Locator, prefix: Loc = (), extra_keys: Sequence[str] = ()
+) -> str:
     """One pydantic error -> one ``where: key.path: message`` line."""
     loc = prefix + tuple(err["loc"])
     kind, value = err["type"], err.get("input")

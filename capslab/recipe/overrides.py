@@ -29,8 +29,9 @@ def parse_override(text: str) -> tuple[KeyPath, Any]:
     return path, value
 
 
-def apply_overrides(data: dict[str, Any], overrides: Iterable[str],
-                    sections: Collection[str] = ()) -> tuple[set[KeyPath], list[str]]:
+def apply_overrides(
+    data: dict[str, Any], overrides: Iterable[str], sections: Collection[str] = ()
+) -> tuple[set[KeyPath], list[str]]:
     """Set each override in ``data`` (in place); returns the paths set and the problems met.
 
     ``sections`` are the component sections, where a name alone (``model=baseline_cnn``) stands for

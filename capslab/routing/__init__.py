@@ -4,6 +4,15 @@ from capslab.routing.trace import RoutingTrace
 from capslab.routing.windows import ConvWindows
 
 __all__ = [
-    "AggregationParams", "AgreementParams", "AgreementRouting", "ConvWindows", "MissingRoutingInput", "Routing", "RoutingResult",
-    "RoutingSpec", "RoutingTrace", "coupling_entropy", "stack_stats",
+    "AggregationParams",
+    "AgreementParams",
+    "AgreementRouting",
+    "ConvWindows",
+    "MissingRoutingInput",
+    "Routing",
+    "RoutingResult",
+    "RoutingSpec",
+    "RoutingTrace",
+    "coupling_entropy",
+    "stack_stats",
 ]

@@ -11,7 +11,8 @@ Subclasses change only ``couple`` (``dynamic``: softmax / leaky softmax, ``max_m
 normalisation) or ``initial_logits`` and the number of iterations (the ``uniform`` and ``random``
 baselines), so the loop lives here once. ``route`` shows the three implementations side by side: the
 compiled CPU kernel, the fused operator loop, and the plain loop below, the reference the other two are
-tested against; capslab.routing.backends chooses (one rule, one switch). ``bias`` is the learned bias of the official code (init 0.1),
+tested against; capslab.routing.backends chooses (one rule, one switch). ``bias`` is the learned bias of
+the official code (init 0.1),
 ``gradient`` "all" lets gradients flow through every iteration (official code), "detach_inner" detaches
 the votes in all but the last iteration (several PyTorch ports).
 """
@@ -25,9 +26,9 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from capslab.params import Params
-from capslab.routing.base import Routing, RoutingResult, RoutingSpec
 from capslab.routing import backends, kernel
 from capslab.routing.backends import Backend
+from capslab.routing.base import Routing, RoutingResult, RoutingSpec
 from capslab.routing.fused import fused_agree
 from capslab.routing.trace import RoutingTrace
 
@@ -46,6 +47,7 @@ class AgreementRouting(Routing):
     """Base of agreement routings: override ``couple`` (and ``initial_logits``) only."""
 
     Params = AgreementParams
+    params: AggregationParams  # what validate_params returns for this class and its subclasses
 
     def __init__(self, spec: RoutingSpec, squash: nn.Module | None = None, **params):
         super().__init__(spec, squash, **params)
@@ -61,7 +63,9 @@ class AgreementRouting(Routing):
         """Coupling (B, J, I) from the logits (B, J, I), normalised over the outputs (dim 1)."""
         return b.softmax(1)
 
-    def route(self, votes, activations, poses, iterations, diagnostics):
+    def route(
+        self, votes: Tensor, activations: Tensor | None, poses: Tensor | None, iterations: int, diagnostics: bool
+    ) -> RoutingResult:
         """The Procedure-1 loop on votes (B, I, J, D); activations |v_j|. Params without ``iterations``
         (AggregationParams: a fixed coupling) make one pass."""
         if not hasattr(self.params, "iterations"):
@@ -75,8 +79,9 @@ class AgreementRouting(Routing):
             return fused_agree(self, votes, b, iterations, detach_inner, backends.zero_start(self))
         return self._reference_loop(votes, b, iterations, detach_inner, diagnostics)
 
-    def _reference_loop(self, votes: Tensor, b: Tensor, iterations: int, detach_inner: bool,
-                       diagnostics: bool) -> RoutingResult:
+    def _reference_loop(
+        self, votes: Tensor, b: Tensor, iterations: int, detach_inner: bool, diagnostics: bool
+    ) -> RoutingResult:
         """The loop as written in the paper, from logits b (B, J, I); records every iteration for diagnostics."""
         u = votes.transpose(1, 2)  # (B, J, I, D)
         u_inner = u.detach() if detach_inner else u

@@ -52,12 +52,24 @@ class VotesLayout(str, Enum):
         member.__doc__ = doc
         return member
 
-    BJID = "bjid", ("stored (B, J, I, D): ``votes.transpose(1, 2)`` is contiguous, so per-output sums are "
-                    "plain batched matmuls; the default, for every routing's reference path")
-    IBJD = "ibjd", ("stored (I, B, J, D): the votes matmul's own output (one contiguous block per input "
-                    "capsule); what the fused agreement loop reads")
-    IJDB = "ijdb", ("stored (I, J, D, B), examples last: what the compiled CPU kernel reads, the examples "
-                    "being its vector lanes")
+    BJID = (
+        "bjid",
+        (
+            "stored (B, J, I, D): ``votes.transpose(1, 2)`` is contiguous, so per-output sums are "
+            "plain batched matmuls; the default, for every routing's reference path"
+        ),
+    )
+    IBJD = (
+        "ibjd",
+        (
+            "stored (I, B, J, D): the votes matmul's own output (one contiguous block per input "
+            "capsule); what the fused agreement loop reads"
+        ),
+    )
+    IJDB = (
+        "ijdb",
+        ("stored (I, J, D, B), examples last: what the compiled CPU kernel reads, the examples being its vector lanes"),
+    )
 
 
 # Allowed ceiling: "auto" allows every backend; "fused" all but the kernel; "reference" none but the plain loop.
@@ -172,8 +184,9 @@ def _fast(routing, x: Tensor, diagnostics: bool) -> Backend:
 
 def votes_layout(routing, u: Tensor, diagnostics: bool = False) -> VotesLayout:
     """The storage :class:`capslab.ClassCapsules` writes the votes of input poses u (B, I, K) in."""
-    return {Backend.KERNEL: VotesLayout.IJDB, Backend.FUSED: VotesLayout.IBJD,
-            Backend.REFERENCE: VotesLayout.BJID}[_fast(routing, u, diagnostics)]
+    return {Backend.KERNEL: VotesLayout.IJDB, Backend.FUSED: VotesLayout.IBJD, Backend.REFERENCE: VotesLayout.BJID}[
+        _fast(routing, u, diagnostics)
+    ]
 
 
 def choose(routing, votes: Tensor, diagnostics: bool, logits: Tensor | None = None) -> Backend:

@@ -77,8 +77,9 @@ class RoutingResult:
     coupling_change: Tensor | None = None  # mean |c^(r) - c^(r-1)|
     pose_change: Tensor | None = None  # mean ||v^(r) - v^(r-1)|| over the outputs
 
-    def with_diagnostics(self, coupling: Tensor, logit_change: list[Tensor], entropy: list[Tensor],
-                         **convergence: list[Tensor]) -> RoutingResult:
+    def with_diagnostics(
+        self, coupling: Tensor, logit_change: list[Tensor], entropy: list[Tensor], **convergence: list[Tensor]
+    ) -> RoutingResult:
         """Attach the diagnostics: coupling (B, I, J), and per iteration the mean |change of the logits| and
         the mean coupling entropy (scalars, one each per iteration); ``convergence`` optionally holds the
         lists ``logit_change2``, ``coupling_change`` and ``pose_change`` (capslab.routing.trace fills them)."""
@@ -131,9 +132,13 @@ class Routing(Component, nn.Module):
         B, I, J, D = votes.shape
         s = self.spec
         if (I, J, D) != (s.in_caps, s.out_caps, s.pose_dim):
-            raise ValueError(f"{self.name}: votes {tuple(votes.shape)} do not match (B, {s.in_caps}, {s.out_caps}, {s.pose_dim})")
-        for needed, given, what in ((self.needs_activations, activations, "activations (B, I)"),
-                                    (self.needs_poses, poses, "poses (B, I, D_in)")):
+            raise ValueError(
+                f"{self.name}: votes {tuple(votes.shape)} do not match (B, {s.in_caps}, {s.out_caps}, {s.pose_dim})"
+            )
+        for needed, given, what in (
+            (self.needs_activations, activations, "activations (B, I)"),
+            (self.needs_poses, poses, "poses (B, I, D_in)"),
+        ):
             if needed and given is None:
                 raise MissingRoutingInput(self, what)
         return self._checked(self.route(votes, activations, poses, iterations or self.iterations, diagnostics), B)
@@ -142,11 +147,15 @@ class Routing(Component, nn.Module):
         """``result`` if its poses are (B, J, D) and its activations (B, J); else one error naming the routing
         (a transposed result would otherwise train silently, or fail deep inside a loss)."""
         s = self.spec
-        for what, t, want in (("poses", result.poses, (batch, s.out_caps, s.pose_dim)),
-                              ("activations", result.activations, (batch, s.out_caps))):
+        for what, t, want in (
+            ("poses", result.poses, (batch, s.out_caps, s.pose_dim)),
+            ("activations", result.activations, (batch, s.out_caps)),
+        ):
             if tuple(t.shape) != want:
-                raise CapslabError(f"routing {self.name!r} returned {what} of shape {tuple(t.shape)}; the contract "
-                                   f"is {want} (B, J{', D' if what == 'poses' else ''}): see capslab.RoutingResult")
+                raise CapslabError(
+                    f"routing {self.name!r} returned {what} of shape {tuple(t.shape)}; the contract "
+                    f"is {want} (B, J{', D' if what == 'poses' else ''}): see capslab.RoutingResult"
+                )
         return result
 
     def route(
@@ -180,8 +189,10 @@ class MissingRoutingInput(CapslabError):
     def __init__(self, routing: Routing, what: str):
         caller = getattr(routing, "_caller", None)
         by = f"model {caller!r}" if caller else "its caller"
-        super().__init__(f"routing {routing.name!r} needs the input capsules' {what}, and {by} passed none: "
-                         f"pass them to the routing (capslab.Routing.forward), or pick a routing that needs none")
+        super().__init__(
+            f"routing {routing.name!r} needs the input capsules' {what}, and {by} passed none: "
+            f"pass them to the routing (capslab.Routing.forward), or pick a routing that needs none"
+        )
 
 
 def coupling_entropy(c: Tensor, dim: int = -1) -> Tensor:

@@ -36,7 +36,6 @@ from torch import Tensor
 from capslab.buffers import scratch
 from capslab.routing.base import RoutingResult
 
-
 # Outputs per agreement product on the (I, B, J, D) storage: g times the exact multiply-adds, but
 # (2 threads) 1.2x faster than both g = 1 (matrix-vector products) and g = J (all outputs at once).
 AGREE_GROUP = 2
@@ -79,7 +78,9 @@ def agreement(u: Tensor, v: Tensor) -> Tensor:
     B, I, J, D = u.shape
     g = AGREE_GROUP if by_output(u, AGREE_GROUP) is not None else J  # outputs per block-diagonal product
     bd = block_diagonal(v.to(u.dtype).view(B, J // g, g, D)).view(B * J // g, g, g * D)
-    pairs = by_output(u, g) if g != J else u.view(B, I, J * D)  # (B*J/g, I, g*D)
+    pairs = by_output(u, g) if g != J else None  # (B*J/g, I, g*D)
+    if pairs is None:  # all J outputs in one product
+        pairs = u.view(B, I, J * D)
     return torch.bmm(bd, pairs.transpose(1, 2)).view(B, J, I).to(v.dtype)  # @ (B*J/g, g*D, I)
 
 
@@ -170,8 +171,9 @@ class FusedAgreement(torch.autograd.Function):
             if not (chain and c.requires_grad):
                 break
             g_c = agreement(u, g_s)  # (B, J, I) = dL/dc_r
-            grads = torch.autograd.grad(c, [b, *trainable] if r > 0 else trainable, g_c, retain_graph=True,
-                                        allow_unused=True)
+            grads = torch.autograd.grad(
+                c, [b, *trainable] if r > 0 else trainable, g_c, retain_graph=True, allow_unused=True
+            )
             if r == 0:  # c_0 depends on parameters of couple only
                 _accumulate(grad_p, want_p, grads)
                 break
@@ -199,8 +201,9 @@ def _accumulate(total: list, want: list[bool], grads) -> None:
             total[k] = g if total[k] is None else total[k] + g
 
 
-def fused_agree(routing, votes: Tensor, b0: Tensor, iterations: int, detach_inner: bool,
-                uniform_start: bool = False) -> RoutingResult:
+def fused_agree(
+    routing, votes: Tensor, b0: Tensor, iterations: int, detach_inner: bool, uniform_start: bool = False
+) -> RoutingResult:
     """The loop on fusable votes (B, I, J, D) from initial logits b0 (B, J, I) that need no gradient; no
     diagnostics (the plain loop records those).
 

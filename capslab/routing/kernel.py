@@ -145,11 +145,16 @@ class KernelLoop(torch.autograd.Function):
         parts = ss.new_empty(threads, J, D, B)
         grad_s = torch.empty_like(ss)
         chain = not ctx.detach_inner or want_bias
-        L.backward(L.Votes(_np(store), _np(wt), _np(ut), from_weights), L.Saved(_np(ss), _np(cs), _np(vs)),
-                   _np(grad_v.to(ss.dtype).permute(1, 2, 0).contiguous()),
-                   L.Loop(R, ctx.leaky, ctx.eps, ss.dtype == torch.float32, threads), ctx.detach_inner, chain,
-                   L.BackwardScratch(_np(g_b), _np(parts)),
-                   L.Grads(_np(grad_store), _np(grad_wt), _np(grad_ut), _np(grad_s)))
+        L.backward(
+            L.Votes(_np(store), _np(wt), _np(ut), from_weights),
+            L.Saved(_np(ss), _np(cs), _np(vs)),
+            _np(grad_v.to(ss.dtype).permute(1, 2, 0).contiguous()),
+            L.Loop(R, ctx.leaky, ctx.eps, ss.dtype == torch.float32, threads),
+            ctx.detach_inner,
+            chain,
+            L.BackwardScratch(_np(g_b), _np(parts)),
+            L.Grads(_np(grad_store), _np(grad_wt), _np(grad_ut), _np(grad_s)),
+        )
         grad_votes = grad_store.permute(3, 0, 1, 2) if want_votes else None
         grad_u = grad_ut.transpose(0, 1) if want_u else None  # (B, I, K)
         grad_w = grad_wt.view(I, J, D, -1).permute(1, 0, 3, 2) if want_w else None  # (J, I, K, D)

@@ -55,6 +55,7 @@ def _squash(s, eps, v):
             for lane in range(L):
                 v[j, d, lane] = s[j, d, lane] * n[lane]
 
+
 @_jit()
 def _squash_grad(s, gv, eps, gs):
     """gs (J, D, L) = dL/ds from gv = dL/dv, v = f(n) s with n = |s|^2:  f gv + 2 f'(n) (gv . s) s."""
@@ -78,6 +79,7 @@ def _squash_grad(s, gv, eps, gs):
             for lane in range(L):
                 gs[j, d, lane] = n[lane] * gv[j, d, lane] + dot[lane] * s[j, d, lane]
 
+
 @_jit()
 def exp_nonpositive(x, bits, fast):
     """x (J, L) <- exp(x) for x <= 0. ``fast`` (float32): a polynomial that vectorises, within 2e-7
@@ -95,14 +97,17 @@ def exp_nonpositive(x, bits, fast):
             t = max(x[j, lane], t_(-87.0))
             q = math.floor(t * t_(1.4426950408889634) + t_(0.5))  # t = q ln2 + r, |r| <= ln2 / 2
             r = t - q * t_(0.693145751953125) - q * t_(1.428606765330187e-06)
-            p = t_(1) + r * (t_(1) + r * (t_(0.5) + r * (t_(1 / 6) + r * (t_(1 / 24) + r * (t_(1 / 120)
-                                                                                      + r * t_(1 / 720))))))
+            p = t_(1) + r * (
+                t_(1) + r * (t_(0.5) + r * (t_(1 / 6) + r * (t_(1 / 24) + r * (t_(1 / 120) + r * t_(1 / 720)))))
+            )
             bits[j, lane] = (np.int32(q) + 127) << 23
             x[j, lane] = p * two[j, lane]
+
 
 @_jit()
 def _uniform(J, leaky, dtype):
     return dtype.type(1.0 / (J + 1) if leaky else 1.0 / J)
+
 
 @_jit()
 def _softmax(lg, leaky, fast, top, bits, c):
@@ -152,12 +157,14 @@ def _votes(votes, i, buf):
                     w0, w1, w2, w3 = wt[i, n, k], wt[i, n, k + 1], wt[i, n, k + 2], wt[i, n, k + 3]
                     if k == 0:
                         for b in range(B):
-                            buf[j, d, b] = (w0 * ut[i, k, b] + w1 * ut[i, k + 1, b]
-                                            + w2 * ut[i, k + 2, b] + w3 * ut[i, k + 3, b])
+                            buf[j, d, b] = (
+                                w0 * ut[i, k, b] + w1 * ut[i, k + 1, b] + w2 * ut[i, k + 2, b] + w3 * ut[i, k + 3, b]
+                            )
                     else:
                         for b in range(B):
-                            buf[j, d, b] += (w0 * ut[i, k, b] + w1 * ut[i, k + 1, b]
-                                             + w2 * ut[i, k + 2, b] + w3 * ut[i, k + 3, b])
+                            buf[j, d, b] += (
+                                w0 * ut[i, k, b] + w1 * ut[i, k + 1, b] + w2 * ut[i, k + 2, b] + w3 * ut[i, k + 3, b]
+                            )
                     k += 4
                 else:
                     w0 = wt[i, n, k]
@@ -338,6 +345,6 @@ def backward(votes, saved, grad_v, loop, detach_inner, chain, scratch, grads):
 
 def set_threads(n: int) -> int:
     """Use n threads (at most numba's pool size); returns the number used."""
-    n = max(1, min(n, nb.config.NUMBA_NUM_THREADS))
+    n = max(1, min(n, nb.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
     nb.set_num_threads(n)
     return n

@@ -40,7 +40,7 @@ class RoutingTrace:
         """coupling normalised over ``coupling_dim``, poses (B, J, D), update b^(r+1) - b^(r) (any shape)."""
         c, v = coupling.detach(), poses.detach()
         self.stats["entropy"].append(coupling_entropy(c, dim=self.dim))
-        if self._coupling is not None:
+        if self._coupling is not None and self._poses is not None:
             self.stats["coupling_change"].append((c - self._coupling).abs().mean())
             self.stats["pose_change"].append((v - self._poses).norm(dim=-1).mean())
         if update is not None:

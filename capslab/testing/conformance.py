@@ -39,7 +39,8 @@ def _run(routing: Routing, votes, acts, poses, diagnostics=False, seed: int = 2)
     return routing(votes, acts, poses, diagnostics=diagnostics)
 
 
-def _finite(t: torch.Tensor, what: str) -> None:
+def _finite(t: torch.Tensor | None, what: str) -> None:
+    assert t is not None, f"{what} is missing"
     assert torch.isfinite(t).all(), f"{what} has non-finite values"
 
 
@@ -55,7 +56,9 @@ def routing_shapes(name: str) -> None:
     assert diag.coupling is not None and diag.coupling.shape == (B, I, J), "diagnostics: coupling must be (B, I, J)"
     for field in ("logit_change", "entropy"):
         t = getattr(diag, field)
-        assert t is not None and t.dim() == 1 and t.numel() >= 1, f"diagnostics: {field} must be a 1-D per-iteration tensor"
+        assert t is not None and t.dim() == 1 and t.numel() >= 1, (
+            f"diagnostics: {field} must be a 1-D per-iteration tensor"
+        )
         _finite(t, field)
     torch.testing.assert_close(diag.poses, out.poses, msg="diagnostics must not change the poses")
 
@@ -112,8 +115,10 @@ def routing_requires_its_inputs(name: str) -> None:
 
     r = make_routing(name)
     votes, acts, poses = routing_inputs(SMALL)
-    for needed, kwargs, what in ((r.needs_activations, {"poses": poses}, "activations"),
-                                 (r.needs_poses, {"activations": acts}, "poses")):
+    for needed, kwargs, what in (
+        (r.needs_activations, {"poses": poses}, "activations"),
+        (r.needs_poses, {"activations": acts}, "poses"),
+    ):
         if needed:
             try:
                 r(votes, **kwargs)
@@ -154,11 +159,13 @@ def routing_ranks_agreement(name: str) -> None:
         votes, acts, poses = agreeing_votes(AGREE, scale, target)
         with torch.no_grad():
             out = _run(r, votes, acts, poses, diagnostics=True)
+        assert out.coupling is not None, f"{name}: diagnostics=True returned no coupling"
         ranked = out.activations if r.ranks_by == "activations" else out.coupling.sum(1)  # (B, J)
-        others = torch.cat([ranked[:, :target], ranked[:, target + 1:]], 1)
+        others = torch.cat([ranked[:, :target], ranked[:, target + 1 :]], 1)
         assert (ranked[:, target] > others.max(1).values).all(), (
             f"votes at scale {scale:g}: the agreeing output is not ranked first by the {r.ranks_by} "
-            f"({ranked[0].tolist()}, agreeing output {target})")
+            f"({ranked[0].tolist()}, agreeing output {target})"
+        )
 
 
 def routing_gradcheck(name: str) -> None:
@@ -179,7 +186,7 @@ def routing_votes_storage(name: str) -> None:
     from capslab.routing.backends import VotesLayout
 
     r = make_routing(name, SMALL, torch.float64)
-    I, J, D, K = SMALL.in_caps, SMALL.out_caps, SMALL.pose_dim, SMALL.in_pose_dim
+    I, J, D, K = SMALL.in_caps, SMALL.out_caps, SMALL.pose_dim, SMALL.in_pose_dim or SMALL.pose_dim
     g = torch.Generator().manual_seed(3)
     x = (torch.randn(3, I, K, generator=g, dtype=torch.float64) * 0.5).requires_grad_()
     W = (torch.randn(J, I, K, D, generator=g, dtype=torch.float64) * 0.5).requires_grad_()
@@ -288,7 +295,9 @@ def loss_gradients_and_batch_of_one(name: str) -> None:
 def loss_gradcheck(name: str) -> None:
     loss = make_loss(name).double()
     scores, y = _scores()
-    assert torch.autograd.gradcheck(lambda s: loss(s, y, step=10), (scores.double().requires_grad_(),), eps=1e-6, atol=1e-5)
+    assert torch.autograd.gradcheck(
+        lambda s: loss(s, y, step=10), (scores.double().requires_grad_(),), eps=1e-6, atol=1e-5
+    )
 
 
 # ---------------------------------------------------------------------------------------- model
@@ -340,9 +349,17 @@ def model_feeds_its_routing(name: str) -> None:
 
 
 CHECKS: dict[str, list[Check]] = {
-    "routing": [routing_shapes, routing_extreme_inputs, routing_gradients, routing_determinism,
-                routing_batch_of_one, routing_gradcheck, routing_votes_storage, routing_requires_its_inputs,
-                routing_ranks_agreement],
+    "routing": [
+        routing_shapes,
+        routing_extreme_inputs,
+        routing_gradients,
+        routing_determinism,
+        routing_batch_of_one,
+        routing_gradcheck,
+        routing_votes_storage,
+        routing_requires_its_inputs,
+        routing_ranks_agreement,
+    ],
     "squash": [squash_shape_and_range, squash_extreme_inputs, squash_gradcheck, squash_determinism_and_batch_of_one],
     "loss": [loss_scalar_and_order, loss_extreme_inputs, loss_gradients_and_batch_of_one, loss_gradcheck],
     "model": [model_forward_backward, model_feeds_its_routing],
@@ -361,9 +378,11 @@ def cases(kinds=tuple(CHECKS), names: list[str] | None = None) -> Iterator[tuple
             from capslab.errors import UnknownNameError
 
             unknown = UnknownNameError(" / ".join(kinds), missing[0], known)
-            raise LookupError(f"capslab.testing.cases: {unknown}. A plugin's components are registered once it "
-                              "is installed and its register_* hook is decorated with @capslab.hookimpl "
-                              "(`capslab plugins` lists what is registered)")
+            raise LookupError(
+                f"capslab.testing.cases: {unknown}. A plugin's components are registered once it "
+                "is installed and its register_* hook is decorated with @capslab.hookimpl "
+                "(`capslab plugins` lists what is registered)"
+            )
     for kind in kinds:
         for entry in registry(kind):
             if names is None or entry.name in names:

@@ -37,8 +37,15 @@ def step_dir_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
-def save_checkpoint(root: Path, step: int, model_tensors: dict[str, Tensor], model_meta: dict[str, Any],
-                    state_tensors: dict[str, Tensor], state_meta: dict[str, Any], keep: int) -> Path:
+def save_checkpoint(
+    root: Path,
+    step: int,
+    model_tensors: dict[str, Tensor],
+    model_meta: dict[str, Any],
+    state_tensors: dict[str, Tensor],
+    state_meta: dict[str, Any],
+    keep: int,
+) -> Path:
     """Write checkpoint ``root/step-N`` atomically, point ``root/latest`` at it, keep the last ``keep``."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / step_dir_name(step)
@@ -76,15 +83,18 @@ def resolve_checkpoint(path: str | Path) -> Path:
         if pointer.is_file() and not (p / MODEL_FILE).is_file():
             name = pointer.read_text(encoding="utf-8").strip()
             if not (root / name / MODEL_FILE).is_file():
-                raise CheckpointError(f"{pointer}: points at {name!r}, which has no {MODEL_FILE}; "
-                                      f"the run directory is damaged (point it at a step-* directory that exists)")
+                raise CheckpointError(
+                    f"{pointer}: points at {name!r}, which has no {MODEL_FILE}; "
+                    f"the run directory is damaged (point it at a step-* directory that exists)"
+                )
             return root / name
     if (p / MODEL_FILE).is_file():
         return p
     if not p.exists():
         raise CheckpointError(f"{p}: no such file or directory")
-    raise CheckpointError(f"{p}: no checkpoint here (expected a run directory, a checkpoint directory "
-                          f"or a {MODEL_FILE} file)")
+    raise CheckpointError(
+        f"{p}: no checkpoint here (expected a run directory, a checkpoint directory or a {MODEL_FILE} file)"
+    )
 
 
 def read_file(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -98,8 +108,9 @@ def read_file(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         meta = {k: json.loads(v) for k, v in raw.items()}
     except Exception as exc:  # safetensors' own errors, OSError, bad JSON: all mean a damaged file
         reason = " ".join(str(exc).split())[:160]
-        raise CheckpointError(f"{path}: corrupt or not a capslab safetensors checkpoint ({type(exc).__name__}: "
-                              f"{reason})") from None
+        raise CheckpointError(
+            f"{path}: corrupt or not a capslab safetensors checkpoint ({type(exc).__name__}: {reason})"
+        ) from None
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format_version {version!r}, this capslab reads {FORMAT_VERSION}")
@@ -112,6 +123,7 @@ def read_metadata(path: Path) -> dict[str, Any]:
 
 # --- optimizer state, keyed by parameter name -------------------------------------------------------
 
+
 def optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Any]]:
     names = {id(p): n for n, p in model.named_parameters()}
     order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]  # state_dict's indices
@@ -123,16 +135,21 @@ def optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module) -> tuple
                 tensors[f"optimizer.{order[idx]}.{key}"] = value
             else:
                 scalars[f"{order[idx]}.{key}"] = value
-    groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [order[i] for i in g["params"]]}
-              for g in sd["param_groups"]]
+    groups = [
+        {**{k: v for k, v in g.items() if k != "params"}, "params": [order[i] for i in g["params"]]}
+        for g in sd["param_groups"]
+    ]
     return tensors, {"groups": groups, "scalars": scalars, "type": type(optimizer).__name__}
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, tensors: dict[str, Tensor],
-                         meta: dict[str, Any], source: Path) -> None:
+def load_optimizer_state(
+    optimizer: torch.optim.Optimizer, model: nn.Module, tensors: dict[str, Tensor], meta: dict[str, Any], source: Path
+) -> None:
     if meta.get("type") != type(optimizer).__name__:
-        raise CheckpointError(f"{source}: optimizer state is for {meta.get('type')}, the recipe builds "
-                              f"{type(optimizer).__name__}; resume with the same optimizer.name")
+        raise CheckpointError(
+            f"{source}: optimizer state is for {meta.get('type')}, the recipe builds "
+            f"{type(optimizer).__name__}; resume with the same optimizer.name"
+        )
     names = {id(p): n for n, p in model.named_parameters()}
     index = {names[id(p)]: i for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])}
     state: dict[int, dict[str, Any]] = {}
@@ -154,13 +171,14 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, ten
 
 # --- random number generators -----------------------------------------------------------------------
 
+
 def rng_state(data_generator: torch.Generator) -> tuple[dict[str, Tensor], dict[str, Any]]:
     tensors = {"rng.torch": torch.get_rng_state(), "rng.data": data_generator.get_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = s
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    tensors["rng.numpy"] = torch.from_numpy(keys.astype(np.int64))
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)  # the tuple form
+    tensors["rng.numpy"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
     py_version, py_state, py_gauss = random.getstate()
     meta = {"numpy": [kind, int(pos), int(has_gauss), float(gauss)], "python": [py_version, list(py_state), py_gauss]}
     return tensors, meta

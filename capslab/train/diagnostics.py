@@ -52,8 +52,11 @@ class RoutingStats:
     def summary(self) -> dict[str, object]:
         if self.n == 0:
             return {}
-        out: dict[str, object] = {f"routing_{key}": [round(float(v) / self.n, 8) for v in self.sums[key]]
-                                  for key in ITERATION_STATS if key in self.sums}
+        out: dict[str, object] = {
+            f"routing_{key}": [round(float(v) / self.n, 8) for v in self.sums[key]]
+            for key in ITERATION_STATS
+            if key in self.sums
+        }
         if self.n_coupling:  # never a misleading 0.0 for a routing that reports no coupling
             out["routing_to_prediction"] = round(self.to_prediction / self.n_coupling, 6)
         return out
@@ -62,6 +65,9 @@ class RoutingStats:
         """One warning per routing and process when diagnostics were asked for and the routing gave none."""
         if self.n and not self.sums and not self.n_coupling and routing_name not in RoutingStats.warned:
             RoutingStats.warned.add(routing_name)
-            warnings.warn(f"diagnostics: true, but routing {routing_name!r} returned no diagnostics (coupling, "
-                          "logit change, entropy): nothing is logged for it; see "
-                          "capslab.RoutingResult.with_diagnostics", stacklevel=2)
+            warnings.warn(
+                f"diagnostics: true, but routing {routing_name!r} returned no diagnostics (coupling, "
+                "logit change, entropy): nothing is logged for it; see "
+                "capslab.RoutingResult.with_diagnostics",
+                stacklevel=2,
+            )

@@ -18,8 +18,9 @@ def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextMana
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
-def total_loss(out: Any, images: torch.Tensor, targets: torch.Tensor, loss_fn: nn.Module,
-               recon: ReconstructionParams, step: int) -> torch.Tensor:
+def total_loss(
+    out: Any, images: torch.Tensor, targets: torch.Tensor, loss_fn: nn.Module, recon: ReconstructionParams, step: int
+) -> torch.Tensor:
     """Classification loss + the reconstruction term when enabled and the model reconstructs."""
     loss = loss_fn(out.scores.float(), targets, step=step)
     if recon.enabled and out.reconstruction is not None:
@@ -28,9 +29,19 @@ def total_loss(out: Any, images: torch.Tensor, targets: torch.Tensor, loss_fn: n
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Split, *, device: torch.device, batch_size: int = 500,
-             loss_fn: nn.Module | None = None, recon: ReconstructionParams | None = None, step: int = 0,
-             bf16: bool = False, channels_last: bool = False, diagnostics: bool = False) -> dict[str, Any]:
+def evaluate(
+    model: nn.Module,
+    data: Split,
+    *,
+    device: torch.device,
+    batch_size: int = 500,
+    loss_fn: nn.Module | None = None,
+    recon: ReconstructionParams | None = None,
+    step: int = 0,
+    bf16: bool = False,
+    channels_last: bool = False,
+    diagnostics: bool = False,
+) -> dict[str, Any]:
     """{"loss" (when a loss is given), "accuracy", "error", "examples", routing diagnostics}."""
     was_training = model.training
     model.eval()
@@ -45,8 +56,9 @@ def evaluate(model: nn.Module, data: Split, *, device: torch.device, batch_size:
         scores = out.scores.float()
         hits += correct(scores, targets)
         if loss_fn is not None:
-            loss_sum += float(total_loss(out, images, targets, loss_fn, recon or ReconstructionParams(enabled=False),
-                                         step)) * len(targets)
+            loss_sum += float(
+                total_loss(out, images, targets, loss_fn, recon or ReconstructionParams(enabled=False), step)
+            ) * len(targets)
         if diagnostics:
             stats.add(out.routing, scores)
         n += len(targets)

@@ -18,8 +18,9 @@ from capslab.train.runtime import to_float
 
 
 @torch.no_grad()
-def save_reconstructions(model: nn.Module, data: Split, path: Path, device: torch.device, count: int = 10,
-                         scale: int = 3, gap: int = 2) -> bool:
+def save_reconstructions(
+    model: nn.Module, data: Split, path: Path, device: torch.device, count: int = 10, scale: int = 3, gap: int = 2
+) -> bool:
     """Write the figure; False (and no file) when the model has no decoder."""
     was_training = model.training
     model.eval()
@@ -34,7 +35,7 @@ def save_reconstructions(model: nn.Module, data: Split, path: Path, device: torc
     for r, batch in enumerate(rows):
         for k in range(n):
             y, x = gap + r * (h + gap), gap + k * (w + gap)
-            grid[y:y + h, x:x + w] = batch[k].permute(1, 2, 0).numpy()
+            grid[y : y + h, x : x + w] = batch[k].permute(1, 2, 0).numpy()
     grid = grid.repeat(scale, 0).repeat(scale, 1)
     tmp = path.with_name(f".{path.name}.tmp")
     if c == 1:

@@ -24,8 +24,9 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optim
         # fused: one kernel over all parameters (about half the time of the default on a CPU step)
         fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
         return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=fused)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                           weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
+    )
 
 
 def lr_at(step: int, base_lr: float, cfg: SchedulerConfig, total_steps: int) -> float:

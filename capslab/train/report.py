@@ -39,8 +39,11 @@ class MetricsLog:
     def __init__(self, path: Path, resume_step: int | None = None):
         self.path = path
         if resume_step is not None and path.is_file():
-            keep = [line for line in path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and _step(line) <= resume_step]
+            keep = [
+                line
+                for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and _step(line) <= resume_step
+            ]
             tmp = path.with_name(f".{path.name}.tmp")
             tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
             os.replace(tmp, path)
@@ -88,6 +91,8 @@ def make_progress(console: Console) -> Progress:
 
 def epoch_line(record: dict[str, Any], epochs: int) -> str:
     r = record
-    return (f"epoch {r['epoch']}/{epochs}  step {r['step']}  train loss {r['train_loss']:.4f} "
-            f"acc {r['train_accuracy']:.2%}  |  test loss {r['test_loss']:.4f} acc {r['test_accuracy']:.2%} "
-            f"(error {r['test_error']:.2%})  |  {r['img_per_s']:.0f} img/s  {r['elapsed_s']:.0f} s")
+    return (
+        f"epoch {r['epoch']}/{epochs}  step {r['step']}  train loss {r['train_loss']:.4f} "
+        f"acc {r['train_accuracy']:.2%}  |  test loss {r['test_loss']:.4f} acc {r['test_accuracy']:.2%} "
+        f"(error {r['test_error']:.2%})  |  {r['img_per_s']:.0f} img/s  {r['elapsed_s']:.0f} s"
+    )

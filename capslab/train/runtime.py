@@ -28,7 +28,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CapslabError(f"train.device: {name!r} asked for, but this torch has no CUDA device; use train.device=auto")
+        raise CapslabError(
+            f"train.device: {name!r} asked for, but this torch has no CUDA device; use train.device=auto"
+        )
     if name == "mps" and not torch.backends.mps.is_available():
         raise CapslabError("train.device: 'mps' asked for, but it is not available; use train.device=auto")
     return torch.device(name)
@@ -59,14 +61,16 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size)  # the last, smaller batch is kept: every example is seen each epoch
 
 
-def train_batches(data: Split, batch_size: int, shift: int, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
+def train_batches(
+    data: Split, batch_size: int, shift: int, generator: torch.Generator
+) -> Iterator[tuple[Tensor, Tensor]]:
     """One epoch of shuffled (images float (B, C, H, W), labels) batches, shifted by up to ``shift`` px.
 
     Every random draw comes from ``generator``, whose state the checkpoint saves: resuming is exact.
     """
     order = torch.randperm(len(data), generator=generator)  # (N,)
     for start in range(0, len(data), batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         images = to_float(data.images[idx])
         if shift:
             images = random_shift(images, shift, generator)
@@ -75,7 +79,7 @@ def train_batches(data: Split, batch_size: int, shift: int, generator: torch.Gen
 
 def eval_batches(data: Split, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
     for start in range(0, len(data), batch_size):
-        yield to_float(data.images[start:start + batch_size]), data.labels[start:start + batch_size]
+        yield to_float(data.images[start : start + batch_size]), data.labels[start : start + batch_size]
 
 
 def correct(scores: Tensor, targets: Tensor) -> int:

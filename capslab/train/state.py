@@ -11,6 +11,7 @@ from torch import nn
 
 import capslab
 from capslab.errors import CheckpointError
+from capslab.models.base import Model
 from capslab.plugin import registry
 from capslab.recipe.loader import parse_recipe
 from capslab.recipe.schema import COMPONENTS, Recipe
@@ -39,22 +40,43 @@ def component_versions(recipe: Recipe) -> dict[str, str]:
     return out
 
 
-def save_run(run_dir: Path, recipe: Recipe, model: nn.Module, optimizer: torch.optim.Optimizer,
-             generator: torch.Generator, counters: Counters, metrics: dict[str, Any]) -> Path:
+def save_run(
+    run_dir: Path,
+    recipe: Recipe,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    counters: Counters,
+    metrics: dict[str, Any],
+) -> Path:
     model_meta = {
-        "format_version": ckpt.FORMAT_VERSION, "recipe": recipe.to_dict(), "step": counters.step,
-        "epoch": counters.epoch, "metrics": metrics, "capslab_version": capslab.__version__,
-        "torch_version": torch.__version__, "plugins": component_versions(recipe),
+        "format_version": ckpt.FORMAT_VERSION,
+        "recipe": recipe.to_dict(),
+        "step": counters.step,
+        "epoch": counters.epoch,
+        "metrics": metrics,
+        "capslab_version": capslab.__version__,
+        "torch_version": torch.__version__,
+        "plugins": component_versions(recipe),
     }
     opt_tensors, opt_meta = ckpt.optimizer_state(optimizer, model)
     rng_tensors, rng_meta = ckpt.rng_state(generator)
     state_meta = {
-        "format_version": ckpt.FORMAT_VERSION, "optimizer": opt_meta, "rng": rng_meta,
+        "format_version": ckpt.FORMAT_VERSION,
+        "optimizer": opt_meta,
+        "rng": rng_meta,
         "scheduler": {**recipe.scheduler.model_dump(mode="json"), "base_lr": recipe.optimizer.lr},
         "counters": {"step": counters.step, "epoch": counters.epoch, "elapsed_s": counters.elapsed_s},
     }
-    return ckpt.save_checkpoint(run_dir / "checkpoints", counters.step, model.state_dict(), model_meta,
-                                {**opt_tensors, **rng_tensors}, state_meta, recipe.checkpoint.keep)
+    return ckpt.save_checkpoint(
+        run_dir / "checkpoints",
+        counters.step,
+        model.state_dict(),
+        model_meta,
+        {**opt_tensors, **rng_tensors},
+        state_meta,
+        recipe.checkpoint.keep,
+    )
 
 
 def check_compatible(saved: dict[str, Any], recipe: Recipe, source: Path) -> None:
@@ -65,13 +87,19 @@ def check_compatible(saved: dict[str, Any], recipe: Recipe, source: Path) -> Non
         a, b = _flat(saved.get(section, {}), (section,)), _flat(now[section], (section,))
         for key in sorted(set(a) | set(b)):
             if key not in IGNORED and a.get(key) != b.get(key):
-                diffs.append(f"{'.'.join(key)} (checkpoint {a.get(key, '<unset>')!r}, recipe {b.get(key, '<unset>')!r})")
+                diffs.append(
+                    f"{'.'.join(key)} (checkpoint {a.get(key, '<unset>')!r}, recipe {b.get(key, '<unset>')!r})"
+                )
     if saved.get("optimizer", {}).get("name") != now["optimizer"]["name"]:
-        diffs.append(f"optimizer.name (checkpoint {saved.get('optimizer', {}).get('name')!r}, "
-                     f"recipe {now['optimizer']['name']!r})")
+        diffs.append(
+            f"optimizer.name (checkpoint {saved.get('optimizer', {}).get('name')!r}, "
+            f"recipe {now['optimizer']['name']!r})"
+        )
     if diffs:
-        raise CheckpointError(f"{source}: cannot resume, the recipe differs from the checkpoint's in "
-                              f"{'; '.join(diffs)}; resume with the checkpoint's settings or start a new run")
+        raise CheckpointError(
+            f"{source}: cannot resume, the recipe differs from the checkpoint's in "
+            f"{'; '.join(diffs)}; resume with the checkpoint's settings or start a new run"
+        )
 
 
 def _flat(d: Any, prefix: tuple[str, ...]) -> dict[tuple[str, ...], Any]:
@@ -83,8 +111,9 @@ def _flat(d: Any, prefix: tuple[str, ...]) -> dict[tuple[str, ...], Any]:
     return out
 
 
-def restore_run(ckpt_dir: Path, recipe: Recipe, model: nn.Module, optimizer: torch.optim.Optimizer,
-                generator: torch.Generator) -> Counters:
+def restore_run(
+    ckpt_dir: Path, recipe: Recipe, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator
+) -> Counters:
     """Load weights, optimizer state and RNG states into a freshly built run; returns its counters."""
     model_file, state_file = ckpt_dir / ckpt.MODEL_FILE, ckpt_dir / ckpt.STATE_FILE
     weights, meta = ckpt.read_file(model_file)
@@ -103,15 +132,17 @@ def restore_run(ckpt_dir: Path, recipe: Recipe, model: nn.Module, optimizer: tor
 def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: Path) -> None:
     missing, unexpected = set(model.state_dict()) - set(weights), set(weights) - set(model.state_dict())
     if missing or unexpected:
-        raise CheckpointError(f"{source}: weights do not fit the model (missing {sorted(missing)[:3]}, "
-                              f"unexpected {sorted(unexpected)[:3]})")
+        raise CheckpointError(
+            f"{source}: weights do not fit the model (missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]})"
+        )
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
         raise CheckpointError(f"{source}: weights do not fit the model ({' '.join(str(exc).split())[:200]})") from None
 
 
-def load_checkpoint_model(path: str | Path, device: torch.device) -> tuple[nn.Module, Recipe, dict[str, Any]]:
+def load_checkpoint_model(path: str | Path, device: torch.device) -> tuple[Model, Recipe, dict[str, Any]]:
     """(model in eval mode, its recipe, the model file's metadata) from any checkpoint path."""
     model_file = ckpt.resolve_checkpoint(path) / ckpt.MODEL_FILE
     weights, meta = ckpt.read_file(model_file)

@@ -25,13 +25,22 @@ from capslab.train.evaluate import autocast, evaluate, total_loss
 from capslab.train.figures import save_reconstructions
 from capslab.train.optim import build_optimizer, lr_at, set_lr
 from capslab.train.report import Meter, MetricsLog, epoch_line, make_progress
-from capslab.train.runtime import (correct, load_split, make_dataset, make_model, resolve_device, seed_everything,
-                                   steps_per_epoch, train_batches)
+from capslab.train.runtime import (
+    correct,
+    load_split,
+    make_dataset,
+    make_model,
+    resolve_device,
+    seed_everything,
+    steps_per_epoch,
+    train_batches,
+)
 from capslab.train.state import Counters, restore_run, save_run
 
 
-def train(recipe: Recipe, run_dir: str | Path, *, resume: Path | None = None,
-          console: Console | None = None) -> dict[str, Any]:
+def train(
+    recipe: Recipe, run_dir: str | Path, *, resume: Path | None = None, console: Console | None = None
+) -> dict[str, Any]:
     """Train ``recipe`` into ``run_dir``; ``resume``: a checkpoint directory to continue from exactly.
 
     Returns the last evaluation record (what metrics.jsonl holds for it).
@@ -57,7 +66,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: Path | None, console: Console 
     # model (seeded above, so its initial weights follow recipe.seed), loss, optimizer
     model = make_model(recipe, dataset.info).to(device)
     if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub lacks it
     forward = torch.compile(model) if cfg.compile else model  # checkpoints always save the plain `model`
     loss_fn = build_loss(recipe.loss.as_dict()).to(device)
     optimizer = build_optimizer(model, recipe.optimizer)
@@ -66,28 +75,51 @@ def _train(recipe: Recipe, run_dir: Path, resume: Path | None, console: Console 
     counters = Counters()
     if resume is not None:
         counters = restore_run(resume, recipe, model, optimizer, generator)
-    dump_recipe(recipe, run_dir / "recipe.yaml",
-                header=f"resolved recipe of this run; rerun: capslab train {run_dir / 'recipe.yaml'}")
+    dump_recipe(
+        recipe,
+        run_dir / "recipe.yaml",
+        header=f"resolved recipe of this run; rerun: capslab train {run_dir / 'recipe.yaml'}",
+    )
     log = MetricsLog(run_dir / "metrics.jsonl", resume_step=counters.step if resume is not None else None)
 
     per_epoch = steps_per_epoch(len(train_set), cfg.batch_size)
     total_steps = per_epoch * cfg.epochs
-    console.print(f"[bold]capslab train[/] {recipe.model.name} + {recipe.routing.name} routing on "
-                  f"{recipe.data.name} ({len(train_set)} train / {len(test_set)} test), {cfg.epochs} epochs of "
-                  f"{per_epoch} steps, device {device}; run dir {run_dir}", highlight=False, soft_wrap=True)
+    console.print(
+        f"[bold]capslab train[/] {recipe.model.name} + {recipe.routing.name} routing on "
+        f"{recipe.data.name} ({len(train_set)} train / {len(test_set)} test), {cfg.epochs} epochs of "
+        f"{per_epoch} steps, device {device}; run dir {run_dir}",
+        highlight=False,
+        soft_wrap=True,
+    )
     if counters.epoch >= cfg.epochs:
         console.print(f"already trained {counters.epoch} epochs; raise train.epochs to continue")
     record: dict[str, Any] = {}
 
     def log_window(window: Meter, lr: float, ips: float, epoch: float) -> Meter:
         """One train record of the steps since the last one; returns a fresh window."""
-        log.write({"kind": "train", "step": counters.step, "lr": lr, "loss": window.loss, "accuracy": window.accuracy,
-                   "img_per_s": round(ips, 1), "epoch": round(epoch, 4)})
+        log.write(
+            {
+                "kind": "train",
+                "step": counters.step,
+                "lr": lr,
+                "loss": window.loss,
+                "accuracy": window.accuracy,
+                "img_per_s": round(ips, 1),
+                "epoch": round(epoch, 4),
+            }
+        )
         return Meter()
 
     with make_progress(console) as progress:
-        task = progress.add_task("train", total=total_steps, completed=counters.step,
-                                 epoch=f"{counters.epoch + 1}/{cfg.epochs}", loss=0.0, acc=0.0, ips=0.0)
+        task = progress.add_task(
+            "train",
+            total=total_steps,
+            completed=counters.step,
+            epoch=f"{counters.epoch + 1}/{cfg.epochs}",
+            loss=0.0,
+            acc=0.0,
+            ips=0.0,
+        )
         for epoch in range(counters.epoch, cfg.epochs):
             model.train()
             t0 = time.perf_counter()
@@ -118,17 +150,35 @@ def _train(recipe: Recipe, run_dir: Path, resume: Path | None, console: Console 
             train_s = time.perf_counter() - t0
 
             # evaluate on the held-out split, then record, draw and checkpoint
-            test = evaluate(model, test_set, device=device, batch_size=cfg.eval_batch_size, loss_fn=loss_fn,
-                            recon=recipe.reconstruction, step=counters.step, bf16=cfg.bf16,
-                            channels_last=cfg.channels_last, diagnostics=recipe.diagnostics)
+            test = evaluate(
+                model,
+                test_set,
+                device=device,
+                batch_size=cfg.eval_batch_size,
+                loss_fn=loss_fn,
+                recon=recipe.reconstruction,
+                step=counters.step,
+                bf16=cfg.bf16,
+                channels_last=cfg.channels_last,
+                diagnostics=recipe.diagnostics,
+            )
             counters.epoch = epoch + 1
             counters.elapsed_s += time.perf_counter() - t0
-            record = {"kind": "eval", "step": counters.step, "epoch": counters.epoch, "lr": lr,
-                      "train_loss": epoch_meter.loss, "train_accuracy": epoch_meter.accuracy,
-                      "test_loss": test.pop("loss"), "test_accuracy": test.pop("accuracy"),
-                      "test_error": test.pop("error"), "img_per_s": round(epoch_meter.n / train_s, 1),
-                      "epoch_s": round(time.perf_counter() - t0, 2), "elapsed_s": round(counters.elapsed_s, 2),
-                      **{k: v for k, v in test.items() if k != "examples"}}
+            record = {
+                "kind": "eval",
+                "step": counters.step,
+                "epoch": counters.epoch,
+                "lr": lr,
+                "train_loss": epoch_meter.loss,
+                "train_accuracy": epoch_meter.accuracy,
+                "test_loss": test.pop("loss"),
+                "test_accuracy": test.pop("accuracy"),
+                "test_error": test.pop("error"),
+                "img_per_s": round(epoch_meter.n / train_s, 1),
+                "epoch_s": round(time.perf_counter() - t0, 2),
+                "elapsed_s": round(counters.elapsed_s, 2),
+                **{k: v for k, v in test.items() if k != "examples"},
+            }
             log.write(record)
             progress.console.print(epoch_line(record, cfg.epochs), highlight=False, soft_wrap=True)
             save_reconstructions(model, test_set, run_dir / "reconstructions.png", device)

@@ -47,8 +47,9 @@ def all_shifts(images: Tensor, m: int) -> Tensor:
     """
     h, w = images.shape[-2:]
     padded = F.pad(images, (m, m, m, m))  # (N, C, H + 2m, W + 2m)
-    return torch.cat([padded[..., m - dy:m - dy + h, m - dx:m - dx + w]
-                      for dy in range(-m, m + 1) for dx in range(-m, m + 1)])
+    return torch.cat(
+        [padded[..., m - dy : m - dy + h, m - dx : m - dx + w] for dy in range(-m, m + 1) for dx in range(-m, m + 1)]
+    )
 
 
 class ExpandedMNISTParams(capslab.DatasetParams):
@@ -87,8 +88,9 @@ def parse_affnist(mat: dict, path: Path) -> tuple[np.ndarray, np.ndarray]:
     """loadmat's dict -> (images uint8 (N, 1, 40, 40), labels int64 (N,))."""
     image = capslab.data.struct_field(mat, path, "affNISTdata", "image")  # (1600, N)
     if image.ndim != 2 or image.shape[0] != SIDE * SIDE:
-        raise capslab.DataError(f"{path}: affNISTdata.image has shape {image.shape}, expected (1600, N); is "
-                                f"this an affNIST 40x40 file?")
+        raise capslab.DataError(
+            f"{path}: affNISTdata.image has shape {image.shape}, expected (1600, N); is this an affNIST 40x40 file?"
+        )
     images = np.ascontiguousarray(capslab.data.as_pixels(image, path).T).reshape(-1, 1, SIDE, SIDE)
     labels = capslab.data.as_labels(capslab.data.struct_field(mat, path, "affNISTdata", "label_int"), path, 0, 9)
     if len(labels) != len(images):
@@ -108,11 +110,14 @@ def extract(archive: Path, member: str, target: Path) -> Path:
                 shutil.copyfileobj(src, dst, 1 << 20)  # reading to the end checks the CRC
         os.replace(part, target)
     except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
-        raise capslab.DataError(f"{archive}: corrupt or truncated zip ({exc}); delete it and download it "
-                                f"again") from exc
+        raise capslab.DataError(
+            f"{archive}: corrupt or truncated zip ({exc}); delete it and download it again"
+        ) from exc
     except OSError as exc:
-        raise capslab.DataError(f"{target}: cannot unzip {archive} there ({exc.strerror or exc}); unzip it "
-                                f"yourself or set data_dir to a writable directory") from exc
+        raise capslab.DataError(
+            f"{target}: cannot unzip {archive} there ({exc.strerror or exc}); unzip it "
+            f"yourself or set data_dir to a writable directory"
+        ) from exc
     finally:
         part.unlink(missing_ok=True)
     return target
@@ -132,13 +137,17 @@ class AffNIST(capslab.data.FileDataset):
     def __init__(self, **params):
         super().__init__(**params)
         if self.params.verify:
-            raise capslab.DataError("affnist: no published checksum of the affNIST files is known, so verify "
-                                    "cannot check them; set verify: false")
+            raise capslab.DataError(
+                "affnist: no published checksum of the affNIST files is known, so verify "
+                "cannot check them; set verify: false"
+            )
         section = self.params.train
         self.train_dataset = capslab.build_dataset(section)
         if self.train_dataset.info != self.info:
-            raise capslab.DataError(f"affnist trains on {section!r}, whose images are {self.train_dataset.info}; affNIST "
-                                    f"needs {self.info}: for expanded_mnist keep 28 + 2 * pad = 40")
+            raise capslab.DataError(
+                f"affnist trains on {section!r}, whose images are {self.train_dataset.info}; affNIST "
+                f"needs {self.info}: for expanded_mnist keep 28 + 2 * pad = 40"
+            )
 
     def load(self, split: Literal["train", "test"]) -> capslab.Split:
         if split == "train":

@@ -38,9 +38,13 @@ BATCHES = {
 SPLITS = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 # what pickled numpy arrays need (numpy 1 and 2 module names; _codecs.encode: bytes in protocol 2)
 SAFE_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
 }
 
 
@@ -64,23 +68,27 @@ def parse_batch(data: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
         # latin1: the release was pickled by Python 2, whose str holds both keys and bytes
         batch = ArrayUnpickler(io.BytesIO(data), encoding="latin1").load()
     except Exception as exc:  # pickle raises many types for garbage
-        raise capslab.DataError(f"{where}: not a CIFAR batch pickle ({type(exc).__name__}: "
-                                f"{' '.join(str(exc).split())[:100]}); download the release again") from exc
+        raise capslab.DataError(
+            f"{where}: not a CIFAR batch pickle ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:100]}); download the release again"
+        ) from exc
     if isinstance(batch, dict):
         batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
     if not isinstance(batch, dict) or "data" not in batch or "labels" not in batch:
         keys = sorted(map(str, batch)) if isinstance(batch, dict) else type(batch).__name__
-        raise capslab.DataError(f"{where}: expected a dict with 'data' and 'labels', got {keys}; is this "
-                                f"CIFAR-10 (CIFAR-100 has 'fine_labels')?")
+        raise capslab.DataError(
+            f"{where}: expected a dict with 'data' and 'labels', got {keys}; is this "
+            f"CIFAR-10 (CIFAR-100 has 'fine_labels')?"
+        )
     images = np.asarray(batch["data"])
     if images.ndim != 2 or images.shape[1] != 3 * 32 * 32:
-        raise capslab.DataError(f"{where}: 'data' has shape {images.shape}, expected (N, 3072); download the "
-                                f"release again")
+        raise capslab.DataError(
+            f"{where}: 'data' has shape {images.shape}, expected (N, 3072); download the release again"
+        )
     images = capslab.data.as_pixels(images, where).reshape(-1, 3, 32, 32)  # (n, 3, 32, 32): R, G, B planes
     labels = capslab.data.as_labels(batch["labels"], where, 0, 9)
     if len(labels) != len(images):
-        raise capslab.DataError(f"{where}: {len(labels)} labels for {len(images)} images; download the "
-                                f"release again")
+        raise capslab.DataError(f"{where}: {len(labels)} labels for {len(images)} images; download the release again")
     return images, labels
 
 
@@ -93,8 +101,10 @@ def read_tar_members(path: Path, names: list[str]) -> dict[str, bytes]:
                 if member.name in wanted and member.isfile():
                     found[wanted[member.name]] = tar.extractfile(member).read()
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-        raise capslab.DataError(f"{path}: corrupt or truncated tar.gz ({type(exc).__name__}: "
-                                f"{' '.join(str(exc).split())[:100]}); delete it and download it again") from exc
+        raise capslab.DataError(
+            f"{path}: corrupt or truncated tar.gz ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:100]}); delete it and download it again"
+        ) from exc
     missing = [n for n in names if n not in found]
     if missing:
         raise capslab.DataError(f"{path}: no member {FOLDER}/{missing[0]}; is this cifar-10-python.tar.gz?")
@@ -116,8 +126,10 @@ class CIFAR10(capslab.data.FileDataset):
                 for n, (data, where) in raw.items():
                     digest = hashlib.md5(data, usedforsecurity=False).hexdigest()
                     if digest != BATCHES[n]:
-                        raise capslab.DataError(f"{where}: checksum mismatch (MD5 {digest}, the official release "
-                                                f"has {BATCHES[n]}); replace it, or set verify: false to use it")
+                        raise capslab.DataError(
+                            f"{where}: checksum mismatch (MD5 {digest}, the official release "
+                            f"has {BATCHES[n]}); replace it, or set verify: false to use it"
+                        )
             return raw
         path = self.path(self.archive)
         return {n: (data, f"{path}:{FOLDER}/{n}") for n, data in read_tar_members(path, names).items()}

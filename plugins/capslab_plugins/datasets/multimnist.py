@@ -29,7 +29,12 @@ class MultiMNISTParams(capslab.DatasetParams):
 
 
 def compose(
-    images: Tensor, labels: Tensor, num_classes: int, pairs_per_digit: int, shift: int, pad: int,
+    images: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    pairs_per_digit: int,
+    shift: int,
+    pad: int,
     generator: torch.Generator,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Overlay pairs of digits of different classes.
@@ -54,7 +59,7 @@ def compose(
     pair = torch.cat([images[first], images[second]])  # (2M, C, H, W): one shift draw each
     canvas = F.pad(pair, (pad, pad, pad, pad))  # (2M, C, H + 2p, W + 2p)
     shifted = capslab.data.random_shift(canvas, shift, generator).to(torch.int16)
-    merged = (shifted[: len(first)] + shifted[len(first):]).clamp_max(255).to(torch.uint8)
+    merged = (shifted[: len(first)] + shifted[len(first) :]).clamp_max(255).to(torch.uint8)
     hot = torch.zeros(len(first), num_classes, dtype=torch.int64)
     hot[torch.arange(len(first)), labels[first]] = 1
     hot[torch.arange(len(first)), labels[second]] = 1
@@ -79,8 +84,9 @@ class MultiMNIST(capslab.Dataset):
         p = self.params
         base = self.base.load(split)
         generator = torch.Generator().manual_seed(2 * p.seed + (split == "test"))  # one stream per split
-        images, labels, _, _ = compose(base.images, base.labels, self.info.num_classes, p.pairs_per_digit, p.shift,
-                                       p.pad, generator)
+        images, labels, _, _ = compose(
+            base.images, base.labels, self.info.num_classes, p.pairs_per_digit, p.shift, p.pad, generator
+        )
         return capslab.Split(images, labels)
 
 

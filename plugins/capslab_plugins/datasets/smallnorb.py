@@ -43,8 +43,8 @@ def resize(images: np.ndarray, size: int, chunk: int = 1024) -> torch.Tensor:
         return x
     out = torch.empty(*x.shape[:2], size, size, dtype=torch.uint8)
     for start in range(0, len(x), chunk):
-        part = x[start:start + chunk].float()
-        out[start:start + chunk] = F.interpolate(part, size=(size, size), mode="area").round_().to(torch.uint8)
+        part = x[start : start + chunk].float()
+        out[start : start + chunk] = F.interpolate(part, size=(size, size), mode="area").round_().to(torch.uint8)
     return out
 
 
@@ -54,17 +54,29 @@ class SmallNORB(capslab.data.IDXDataset):
     info = capslab.DataInfo(2, 48, 48, CLASSES)  # with the defaults; instances carry their own
     files = {
         "train": (
-            IDXFile("smallnorb-5x46789x9x18x6x2x96x96-training-dat.mat", "66054832f9accfe74a0f4c36a75bc0a2",
-                    "8138a0902307b32dfa0025a36dfa45ec"),
-            IDXFile("smallnorb-5x46789x9x18x6x2x96x96-training-cat.mat", "23c8b86101fbf0904a000b43d3ed2fd9",
-                    "fd5120d3f770ad57ebe620eb61a0b633"),
+            IDXFile(
+                "smallnorb-5x46789x9x18x6x2x96x96-training-dat.mat",
+                "66054832f9accfe74a0f4c36a75bc0a2",
+                "8138a0902307b32dfa0025a36dfa45ec",
+            ),
+            IDXFile(
+                "smallnorb-5x46789x9x18x6x2x96x96-training-cat.mat",
+                "23c8b86101fbf0904a000b43d3ed2fd9",
+                "fd5120d3f770ad57ebe620eb61a0b633",
+            ),
         ),
         "test": (
-            IDXFile("smallnorb-5x01235x9x18x6x2x96x96-testing-dat.mat", "e4ad715691ed5a3a5f138751a4ceb071",
-                    "e9920b7f7b2869a8f1a12e945b2c166c"),
+            IDXFile(
+                "smallnorb-5x01235x9x18x6x2x96x96-testing-dat.mat",
+                "e4ad715691ed5a3a5f138751a4ceb071",
+                "e9920b7f7b2869a8f1a12e945b2c166c",
+            ),
             # the test categories come in the same order as the training ones: same decompressed MD5
-            IDXFile("smallnorb-5x01235x9x18x6x2x96x96-testing-cat.mat", "5aa791cd7e6016cf957ce9bdb93b8603",
-                    "fd5120d3f770ad57ebe620eb61a0b633"),
+            IDXFile(
+                "smallnorb-5x01235x9x18x6x2x96x96-testing-cat.mat",
+                "5aa791cd7e6016cf957ce9bdb93b8603",
+                "fd5120d3f770ad57ebe620eb61a0b633",
+            ),
         ),
     }
     mirrors = ("https://cs.nyu.edu/~ylclab/data/norb-v1.0-small/",)
@@ -86,12 +98,16 @@ class SmallNORB(capslab.data.IDXDataset):
         labels = capslab.data.parse_norb(raw[1], paths[1], ndim=1)  # (N,)
         del raw
         if images.dtype != np.uint8 or images.shape[1:] != (2, RAW_SIZE, RAW_SIZE):
-            raise capslab.DataError(f"{paths[0]}: images are {images.dtype} {images.shape}, expected uint8 "
-                                    f"(N, 2, 96, 96); is this a smallNORB -dat file?")
+            raise capslab.DataError(
+                f"{paths[0]}: images are {images.dtype} {images.shape}, expected uint8 "
+                f"(N, 2, 96, 96); is this a smallNORB -dat file?"
+            )
         labels = capslab.data.as_labels(labels, paths[1], 0, CLASSES - 1, "categories")
         if len(labels) != len(images):
-            raise capslab.DataError(f"{paths[1]}: {len(labels)} categories for {len(images)} image pairs in "
-                                    f"{paths[0]}; the files come from different releases: download both again")
+            raise capslab.DataError(
+                f"{paths[1]}: {len(labels)} categories for {len(images)} image pairs in "
+                f"{paths[0]}; the files come from different releases: download both again"
+            )
         images = images if self.params.stereo else images[:, :1]  # (N, C, 96, 96)
         return capslab.Split(resize(images, self.params.size), torch.from_numpy(labels))
 

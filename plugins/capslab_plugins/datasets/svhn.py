@@ -25,13 +25,15 @@ def parse_svhn(mat: dict, path) -> tuple[np.ndarray, np.ndarray]:
     if x.ndim == 3:  # MATLAB drops a trailing singleton dimension: a file of one image
         x = x[..., None]
     if x.ndim != 4 or x.shape[:3] != (32, 32, 3):
-        raise capslab.DataError(f"{path}: X has shape {x.shape}, expected (32, 32, 3, N); is this the "
-                                f"cropped-digits (32x32) file?")
+        raise capslab.DataError(
+            f"{path}: X has shape {x.shape}, expected (32, 32, 3, N); is this the cropped-digits (32x32) file?"
+        )
     images = np.ascontiguousarray(capslab.data.as_pixels(x, path).transpose(3, 2, 0, 1))  # (N, 3, 32, 32)
     labels = capslab.data.as_labels(mat["y"], path, 1, 10) % 10  # 10 is the digit 0
     if len(labels) != len(images):
-        raise capslab.DataError(f"{path}: {len(labels)} labels in y for {len(images)} images in X; download "
-                                f"the file again")
+        raise capslab.DataError(
+            f"{path}: {len(labels)} labels in y for {len(images)} images in X; download the file again"
+        )
     return images, labels
 
 

@@ -41,18 +41,29 @@ class CapsNet(capslab.Model):
         super().__init__(ctx, **params)
         p, info = self.params, ctx.info
         self.conv1 = nn.Conv2d(info.channels, p.conv_channels, p.conv_kernel)
-        self.primary = capslab.PrimaryCapsules(p.conv_channels, p.primary_types, p.primary_dim, p.primary_kernel,
-                                               p.primary_stride, squash=ctx.squash, scale=p.primary_scale,
-                                               activation=p.activations)
+        self.primary = capslab.PrimaryCapsules(
+            p.conv_channels,
+            p.primary_types,
+            p.primary_dim,
+            p.primary_kernel,
+            p.primary_stride,
+            squash=ctx.squash,
+            scale=p.primary_scale,
+            activation=p.activations,
+        )
         h, w = self.primary.output_grid(info.height - p.conv_kernel + 1, info.width - p.conv_kernel + 1)
         if h < 1 or w < 1:
             raise capslab.CapslabError(f"capsnet: a {info.height}x{info.width} input is too small for its kernels")
         in_caps = p.primary_types * h * w
         spec = capslab.RoutingSpec(in_caps, info.num_classes, p.class_dim, p.primary_dim)
-        self.caps = capslab.ClassCapsules(in_caps, p.primary_dim, info.num_classes, p.class_dim,
-                                          ctx.make_routing(spec), init_std=p.votes_init_std)
-        self.decoder = (capslab.MaskedDecoder(info.num_classes, p.class_dim, info.shape, tuple(p.decoder_hidden))
-                        if p.decoder else None)
+        self.caps = capslab.ClassCapsules(
+            in_caps, p.primary_dim, info.num_classes, p.class_dim, ctx.make_routing(spec), init_std=p.votes_init_std
+        )
+        self.decoder = (
+            capslab.MaskedDecoder(info.num_classes, p.class_dim, info.shape, tuple(p.decoder_hidden))
+            if p.decoder
+            else None
+        )
 
     def forward(self, images: Tensor, targets: Tensor | None = None, *, diagnostics: bool = False):
         u, a = self.primary(self.conv1(images).relu_())  # (B, I, primary_dim), (B, I)

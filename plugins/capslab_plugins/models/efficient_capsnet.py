@@ -37,12 +37,14 @@ class EfficientCapsNet(capslab.Model):
         p, info = self.params, ctx.info
         if not len(p.conv_channels) == len(p.conv_kernels) == len(p.conv_strides):
             raise capslab.CapslabError(
-                "efficient_capsnet: model.conv_channels, conv_kernels and conv_strides need one entry per conv")
+                "efficient_capsnet: model.conv_channels, conv_kernels and conv_strides need one entry per conv"
+            )
         channels = p.conv_channels[-1]
         if p.primary_caps * p.primary_dim != channels:
             raise capslab.CapslabError(
                 f"efficient_capsnet: primary_caps x primary_dim = {p.primary_caps * p.primary_dim} must equal the last "
-                f"conv's channels ({channels}); change model.primary_caps or model.conv_channels")
+                f"conv's channels ({channels}); change model.primary_caps or model.conv_channels"
+            )
         layers: list[nn.Module] = []
         c_in, h, w = info.channels, info.height, info.width
         for c, k, s in zip(p.conv_channels, p.conv_kernels, p.conv_strides):
@@ -54,7 +56,8 @@ class EfficientCapsNet(capslab.Model):
             c_in, h, w = c, (h - k) // s + 1, (w - k) // s + 1
         if h < 1 or w < 1:
             raise capslab.CapslabError(
-                f"efficient_capsnet: a {info.height}x{info.width} input is too small for its convs")
+                f"efficient_capsnet: a {info.height}x{info.width} input is too small for its convs"
+            )
         self.features = nn.Sequential(*layers)
         # depthwise conv over the whole remaining grid: one capsule property per channel
         self.primary = nn.Conv2d(channels, channels, (h, w), groups=channels)
@@ -62,10 +65,14 @@ class EfficientCapsNet(capslab.Model):
         spec = capslab.RoutingSpec(p.primary_caps, info.num_classes, p.class_dim, p.primary_dim)
         # Keras he_normal on a (J, I, K, D) tensor: fan_in = J * I * K
         std = math.sqrt(2.0 / (info.num_classes * p.primary_caps * p.primary_dim))
-        self.caps = capslab.ClassCapsules(p.primary_caps, p.primary_dim, info.num_classes, p.class_dim,
-                                          ctx.make_routing(spec), init_std=std)
-        self.decoder = (capslab.MaskedDecoder(info.num_classes, p.class_dim, info.shape, tuple(p.decoder_hidden))
-                        if p.decoder else None)
+        self.caps = capslab.ClassCapsules(
+            p.primary_caps, p.primary_dim, info.num_classes, p.class_dim, ctx.make_routing(spec), init_std=std
+        )
+        self.decoder = (
+            capslab.MaskedDecoder(info.num_classes, p.class_dim, info.shape, tuple(p.decoder_hidden))
+            if p.decoder
+            else None
+        )
 
     def forward(self, images: Tensor, targets: Tensor | None = None, *, diagnostics: bool = False):
         x = self.primary(self.features(images))  # (B, N * primary_dim, 1, 1)

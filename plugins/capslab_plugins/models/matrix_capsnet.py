@@ -53,8 +53,16 @@ def matmul4(poses: Tensor, weight: Tensor) -> Tensor:
 class ConvCapsules(nn.Module):
     """K x K conv capsules: pose map (B, T_in * 16, H, W), activations (B, T_in, H, W) -> same at (H', W')."""
 
-    def __init__(self, types_in: int, types_out: int, kernel: int, stride: int, in_size: tuple[int, int],
-                 make_routing, init_std: float):
+    def __init__(
+        self,
+        types_in: int,
+        types_out: int,
+        kernel: int,
+        stride: int,
+        in_size: tuple[int, int],
+        make_routing,
+        init_std: float,
+    ):
         super().__init__()
         self.types_in, self.types_out, self.kernel, self.stride = types_in, types_out, kernel, stride
         in_caps = kernel * kernel * types_in
@@ -90,7 +98,8 @@ class MatrixCapsNet(capslab.Model):
         if len(p.types) != 3 or len(p.caps_kernels) != 2 or len(p.caps_strides) != 2:
             raise capslab.CapslabError(
                 "matrix_capsnet: model.types needs 3 entries (primary, conv caps 1, conv caps 2) and "
-                "model.caps_kernels / model.caps_strides 2 each")
+                "model.caps_kernels / model.caps_strides 2 each"
+            )
         A = scaled(p.channels, p.width)
         Bt, C, D = (scaled(t, p.width) for t in p.types)
         self.conv1 = nn.Conv2d(info.channels, A, p.conv_kernel, p.conv_stride)
@@ -101,7 +110,8 @@ class MatrixCapsNet(capslab.Model):
         for t_in, t_out, k, s in zip((Bt, C), (C, D), p.caps_kernels, p.caps_strides):
             if h < k or w < k:
                 raise capslab.CapslabError(
-                    f"matrix_capsnet: a {info.height}x{info.width} input is too small for its kernels")
+                    f"matrix_capsnet: a {info.height}x{info.width} input is too small for its kernels"
+                )
             self.conv_caps.append(ConvCapsules(t_in, t_out, k, s, (h, w), ctx.make_routing, p.weight_init_std))
             h, w = (h - k) // s + 1, (w - k) // s + 1
         self.grid = (h, w)

@@ -13,8 +13,9 @@ Both aggregate the votes with a fixed coupling, without any agreement step:
   ``uniform``.
 
 Both reuse :class:`capslab.AgreementRouting`'s loop with one iteration (their Params have no
-``iterations``, so the loop makes one pass: the coupling never depends on agreement); diagnostics report the agreement that a second iteration would
-add as the logit change, as dynamic routing does for its last iteration.
+``iterations``, so the loop makes one pass: the coupling never depends on agreement); diagnostics
+report the agreement that a second iteration would add as the logit change, as dynamic routing does
+for its last iteration.
 """
 
 import torch

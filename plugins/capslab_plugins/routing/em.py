@@ -46,7 +46,7 @@ from typing import Literal
 
 import torch
 from pydantic import Field, model_validator
-from torch import nn
+from torch import Tensor, nn
 
 import capslab
 from capslab.params import with_preset
@@ -57,9 +57,17 @@ LOG_2PI = math.log(2 * math.pi)
 
 PRESETS = {
     "paper": {},
-    "official": {"final_lambda": 0.01, "lambda_schedule": "official", "min_var": 5e-4, "mass_eps": 1e-5,
-                 "mu_momentum": 0.1, "beta_a_scale": 5000.0, "cost": "log_variance", "class_lambda_factor": 0.25,
-                 "assignment": "input"},
+    "official": {
+        "final_lambda": 0.01,
+        "lambda_schedule": "official",
+        "min_var": 5e-4,
+        "mass_eps": 1e-5,
+        "mu_momentum": 0.1,
+        "beta_a_scale": 5000.0,
+        "cost": "log_variance",
+        "class_lambda_factor": 0.25,
+        "assignment": "input",
+    },
 }
 
 
@@ -103,7 +111,9 @@ class EMRouting(capslab.Routing):
         final = p.final_lambda * (p.class_lambda_factor if self.spec.layer == "class" else 1.0)
         return final if p.lambda_schedule == "constant" else final * (1 - 0.95 ** (t + 1))
 
-    def route(self, votes, activations, poses, iterations, diagnostics):
+    def route(
+        self, votes: Tensor, activations: Tensor | None, poses: Tensor | None, iterations: int, diagnostics: bool
+    ) -> capslab.RoutingResult:
         p = self.params
         votes, scale = normalize_votes(votes, p.vote_scale)
         V = votes.transpose(1, 2)  # (B, J, I, D); contiguous when votes came from ClassCapsules

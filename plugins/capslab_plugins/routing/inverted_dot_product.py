@@ -51,13 +51,15 @@ class InvertedDotProductRouting(capslab.Routing):
         super().__init__(spec, squash, **params)
         self.norm = nn.LayerNorm(spec.pose_dim, eps=self.params.layer_norm_eps)
         self.readout = nn.Linear(spec.pose_dim, 1)  # one classifier shared by every output capsule
-        self.scale = spec.pose_dim ** -0.5
+        self.scale = spec.pose_dim**-0.5
 
     def agreement(self, u: Tensor, p: Tensor) -> Tensor:
         """a (B, J, I) = u_hat_{j|i} . p_j / sqrt(D); u (B, J, I, D), p (B, J, D)."""
         return (u @ p.unsqueeze(-1)).squeeze(-1) * self.scale  # (B, J, I, D) @ (B, J, D, 1)
 
-    def route(self, votes, activations, poses, iterations, diagnostics):
+    def route(
+        self, votes: Tensor, activations: Tensor | None, poses: Tensor | None, iterations: int, diagnostics: bool
+    ) -> capslab.RoutingResult:
         u = votes.transpose(1, 2)  # (B, J, I, D): per-output sums are batched matmuls
         B, J, I, _ = u.shape
         a = u.new_zeros(B, J, I)  # logits of the uniform first pass

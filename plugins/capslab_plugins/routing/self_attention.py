@@ -16,7 +16,7 @@ single pass is the mean |sum_k A_j[i, k]| (the logits move from 0 to these value
 import math
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 import capslab
 from capslab.routing.trace import RoutingTrace
@@ -29,7 +29,9 @@ class SelfAttentionRouting(capslab.Routing):
         super().__init__(spec, squash, **params)
         self.prior = nn.Parameter(torch.zeros(spec.in_caps, spec.out_caps))  # b (I, J), the learned log-prior
 
-    def route(self, votes, activations, poses, iterations, diagnostics):
+    def route(
+        self, votes: Tensor, activations: Tensor | None, poses: Tensor | None, iterations: int, diagnostics: bool
+    ) -> capslab.RoutingResult:
         u = votes.transpose(1, 2)  # (B, J, I, D); contiguous when votes came from ClassCapsules
         D = u.shape[-1]
         total = u.sum(2, keepdim=True)  # (B, J, 1, D): sum_k u_hat_{j|k}

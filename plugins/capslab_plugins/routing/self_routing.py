@@ -23,7 +23,7 @@ zero initialisation (uniform coupling).
 
 import torch
 from pydantic import Field
-from torch import nn
+from torch import Tensor, nn
 
 import capslab
 from capslab.routing.scale import VoteScale, normalize_votes
@@ -52,7 +52,9 @@ class SelfRouting(capslab.Routing):
         self.weight = nn.Parameter(torch.zeros(spec.in_caps, d_in, spec.out_caps))  # W^r: (I, D_in, J)
         self.bias = nn.Parameter(torch.zeros(spec.in_caps, spec.out_caps))  # b^r: (I, J)
 
-    def route(self, votes, activations, poses, iterations, diagnostics):
+    def route(
+        self, votes: Tensor, activations: Tensor | None, poses: Tensor | None, iterations: int, diagnostics: bool
+    ) -> capslab.RoutingResult:
         eps = self.params.eps
         x, _ = normalize_votes(poses.unsqueeze(2), self.params.pose_scale)  # (B, I, 1, D_in)
         logits = torch.einsum("bik,ikj->bij", x.squeeze(2), self.weight) + self.bias  # (B, I, J)

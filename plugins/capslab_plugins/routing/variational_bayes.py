@@ -86,8 +86,9 @@ class VariationalBayesRouting(capslab.Routing):
         scatter = (Ra.unsqueeze(2) @ (u - mu.unsqueeze(2)).square()).squeeze(2)  # (B, J, D)
         inv_psi = 1.0 / p.psi0 + scatter + (p.kappa0 * R_j / kappa).unsqueeze(-1) * (mu - p.m0).square()
         d = torch.arange(D, dtype=u.dtype, device=u.device)  # d - 1 for d = 1..D
-        e_ln_lambda = (torch.digamma((nu.unsqueeze(-1) - d) / 2).sum(-1) + D * math.log(2.0)
-                       - inv_psi.log().sum(-1))  # (B, J)
+        e_ln_lambda = (
+            torch.digamma((nu.unsqueeze(-1) - d) / 2).sum(-1) + D * math.log(2.0) - inv_psi.log().sum(-1)
+        )  # (B, J)
         e_ln_pi = torch.digamma(alpha) - torch.digamma(alpha.sum(-1, keepdim=True))  # (B, J)
         return dict(kappa=kappa, nu=nu, m=m, psi=1.0 / inv_psi, e_ln_lambda=e_ln_lambda, e_ln_pi=e_ln_pi)
 
@@ -101,7 +102,9 @@ class VariationalBayesRouting(capslab.Routing):
             return (ln_rho + q["e_ln_pi"].unsqueeze(-1)).log_softmax(1)
         return ln_rho - (ln_rho + q["e_ln_pi"].unsqueeze(-1)).logsumexp(1, keepdim=True)  # official
 
-    def route(self, votes, activations, poses, iterations, diagnostics):
+    def route(
+        self, votes: Tensor, activations: Tensor | None, poses: Tensor | None, iterations: int, diagnostics: bool
+    ) -> capslab.RoutingResult:
         votes, scale = normalize_votes(votes, self.params.vote_scale)
         u = votes.transpose(1, 2)  # (B, J, I, D)
         B, J, I, D = u.shape
