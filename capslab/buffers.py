@@ -2,7 +2,7 @@
 
 Why: glibc hands blocks above 32 MB straight back to the OS when they are freed, so each fresh
 (B, I, J, D) tensor (94 MB for CapsNet at batch 128) is zero-filled page by page on first touch:
-about 23k page faults, ~25 ms of one core per tensor per step, a third of what the routing costs.
+about 23k page faults per tensor per step (what that costs: docs/performance.md).
 A slot keeps its tensor and hands it out again once nothing else references its storage (the
 previous step's graph is gone); while anything still does, the caller gets a new tensor, so reuse
 never aliases live data. Slots are per thread. CUDA tensors come from PyTorch's caching allocator

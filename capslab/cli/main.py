@@ -1,19 +1,19 @@
 """The ``capslab`` command line (Typer + rich).
 
 One module per command; each defines ``register(app)``. To add a command, write
-``capslab/cli/<name>.py`` with a ``register`` function and add its name to ``COMMANDS``.
+``capslab/cli/<name>.py`` with a ``register`` function and add the module to ``COMMANDS``.
 """
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 import typer
 
+from capslab.cli import compare, eval, figures, inspect_cmd, plugins_cmd, train, validate
 from capslab.cli.common import DEBUG_ENV, USER_ERRORS, debug, one_line_warnings, report
 
-COMMANDS = ("train", "eval", "validate", "compare", "plugins_cmd", "inspect_cmd", "figures")
+COMMANDS = (train, eval, validate, compare, plugins_cmd, inspect_cmd, figures)
 
 app = typer.Typer(
     name="capslab",
@@ -25,8 +25,8 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-for _name in COMMANDS:
-    importlib.import_module(f"capslab.cli.{_name}").register(app)
+for _command in COMMANDS:
+    _command.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -90,7 +90,7 @@ class _VotesIJDB(torch.autograd.Function):
         grad_u = grad_w = None
         if ctx.needs_input_grad[0]:
             # (I, B, J*D) @ (I, J*D, K): K innermost, which the primary capsules' backward (a squash and a
-            # permute) runs 2x faster on than the (I, K, B) result of the other orientation (7 vs 15 ms)
+            # permute) runs faster on than the (I, K, B) result of the other orientation (docs/performance.md)
             grad_u = torch.bmm(g.transpose(1, 2), wt).transpose(0, 1)  # (B, I, K) view
         if ctx.needs_input_grad[1]:
             gw = torch.bmm(g, ut.transpose(1, 2))  # (I, J*D, B) @ (I, B, K) -> (I, J*D, K)

@@ -21,7 +21,7 @@ What it saves over autograd through the plain loop:
   matmul speed, which beats the exact matrix-vector products (einsum on these strided views copies
   the votes instead). Few, large operations on purpose: with 2 threads on a loaded machine every
   parallel region can cost a scheduler time slice, and versions that chunked the batch (for cache
-  reuse) ran 1.2x to 30x slower there.
+  reuse) ran slower there (docs/performance.md, "Measurements behind the code").
 
 The coupling keeps its own small autograd graph from the forward (b -> couple(b), B*J*I each), so any
 subclass's ``couple`` works unchanged and is not recomputed; the squash of each iteration (B*J*D) is
@@ -37,7 +37,8 @@ from capslab.buffers import scratch
 from capslab.routing.base import RoutingResult
 
 # Outputs per agreement product on the (I, B, J, D) storage: g times the exact multiply-adds, but
-# (2 threads) 1.2x faster than both g = 1 (matrix-vector products) and g = J (all outputs at once).
+# faster on 2 threads than both g = 1 (matrix-vector products) and g = J (all outputs at once);
+# docs/performance.md, "Measurements behind the code".
 AGREE_GROUP = 2
 
 
@@ -59,7 +60,7 @@ def weighted_sum(c: Tensor, u: Tensor) -> Tensor:
     """c (B, J, I), u (B, I, J, D) fusable -> s[b, j] = sum_i c[b, j, i] u[b, i, j]   (B, J, D)."""
     B, I, J, D = u.shape
     per_output = by_output(u)
-    if per_output is not None:  # one (1, I) @ (I, D) product per (b, j): no J-fold waste, 1.7x faster
+    if per_output is not None:  # one (1, I) @ (I, D) product per (b, j): no J-fold waste
         return torch.bmm(c.to(u.dtype).reshape(B * J, 1, I), per_output).view(B, J, D).to(c.dtype)
     full = torch.bmm(c.to(u.dtype), u.view(B, I, J * D))  # (B, J, I) @ (B, I, J*D) -> (B, J, J*D)
     return full.view(B, J, J, D).diagonal(dim1=1, dim2=2).transpose(1, 2).to(c.dtype)  # the j = j' blocks

@@ -112,7 +112,7 @@ class KernelLoop(torch.autograd.Function):
         threads = L.set_threads(torch.get_num_threads())
         ss = like.new_empty(iterations, J, D, B)
         vs = like.new_empty(iterations, J, D, B)
-        if votes is None:  # the first iteration's plain sum over i, as one matrix product (3x the loops' speed)
+        if votes is None:  # the first iteration's plain sum over i, as one matrix product (faster than the loops)
             ss[0].view(J * D, B).copy_(torch.einsum("ink,ikb->nb", wt, ut))
         cs = scratch("capslab.routing.kernel.couplings", (max(iterations - 1, 1) if backward else 1, I, J, B), like)
         lg = scratch("capslab.routing.kernel.logits", (I, J, B), like)
