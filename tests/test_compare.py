@@ -89,7 +89,10 @@ def test_mean_and_sample_std_over_seeds():
 
 
 def test_compare_runs_writes_results_and_resumes(tmp_path):
-    path = write(tmp_path, "base: quickstart\nset: " + json.dumps(TINY) + "\nvariants: [{label: one}]\nseeds: [0, 1]\n")
+    path = write(
+        tmp_path,
+        "base: quickstart\nset: " + json.dumps(TINY) + "\nvariants: [{label: one, paper: '0.25'}]\nseeds: [0, 1]\n",
+    )
     out = tmp_path / "out"
     paths = run_compare(load_compare(path), out, jobs=2)
     results = json.loads(paths["json"].read_text())
@@ -97,12 +100,18 @@ def test_compare_runs_writes_results_and_resumes(tmp_path):
     run = results["runs"][0]
     assert 0 <= run["test_error"] <= 100 and run["params"] > 0 and run["infer_img_s"] > 0 and run["peak_memory_mb"] > 0
     assert (out / "one" / "seed-0" / "metrics.jsonl").exists() and paths["errors_png"].stat().st_size > 0
-    assert "| one | 2 |" in paths["md"].read_text()
+    assert "| one | 2 | 0.25 |" in paths["md"].read_text()  # the published number beside the measured one
     before = (out / "one" / "seed-0" / "summary.json").stat().st_mtime_ns
     (out / "one" / "seed-1" / "summary.json").unlink()  # as if interrupted during seed 1
     run_compare(load_compare(path), out, jobs=1)
     assert (out / "one" / "seed-0" / "summary.json").stat().st_mtime_ns == before  # finished run skipped
     assert (out / "one" / "seed-1" / "summary.json").exists()
+    # the same directory with different overrides: old results are never taken for the new runs
+    changed = load_compare(path, ["train.limit_test=10"])
+    assert all(r.recipe.train.limit_test == 10 for r in changed)
+    run_compare(changed, out, jobs=1)
+    assert (out / "one" / "seed-0" / "summary.json").stat().st_mtime_ns != before
+    assert "limit_test: 10" in (out / "one" / "seed-0" / "recipe.yaml").read_text()
 
 
 def test_cli_errors_exit_2_in_one_line(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Annotated
 
@@ -10,13 +11,16 @@ from rich.table import Table
 
 from capslab.cli.common import out, user_errors
 from capslab.compare import load_compare, run_compare
-from capslab.compare.results import METRICS, aggregate
+from capslab.compare.results import aggregate, table_cells, table_columns
 from capslab.errors import CapslabError
 
 
 @user_errors
 def compare(
     recipe: Annotated[Path, typer.Argument(help="comparison recipe: base, variants / grid, seeds")],
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="KEY=VALUE applied to every run, e.g. data=mnist5k train.epochs=5")
+    ] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="runs at once (CPU threads are split)")] = 1,
     out_dir: Annotated[Path | None, typer.Option("--out", help="default runs/compare-<recipe>")] = None,
     dry_run: Annotated[
@@ -25,12 +29,14 @@ def compare(
 ) -> None:
     """Train every variant x seed under the same data and budget; table of mean ± std over seeds.
 
-    Rerunning the same command resumes an interrupted comparison: finished runs are skipped.
+    KEY=VALUE overrides apply to every run (the default output directory then gets a suffix). Rerunning
+    the same command resumes an interrupted comparison: finished runs are skipped.
     """
     if not recipe.is_file():
         raise CapslabError(f"{recipe}: comparison recipe not found")
-    runs = load_compare(recipe)
-    out_dir = out_dir or Path("runs") / f"compare-{recipe.stem}"
+    runs = load_compare(recipe, overrides)
+    suffix = "-" + hashlib.sha256(" ".join(overrides).encode()).hexdigest()[:8] if overrides else ""
+    out_dir = out_dir or Path("runs") / f"compare-{recipe.stem}{suffix}"
     if dry_run:
         for run in runs:
             out.print(f"{run.key}: {run.recipe.model.name} + {run.recipe.routing.name} {run.recipe.routing.params}")
@@ -40,10 +46,10 @@ def compare(
 
     rows = aggregate(json.loads(paths["json"].read_text())["runs"])
     table = Table(title=f"capslab compare {recipe}")
-    for col in ["variant", "seeds"] + [title for _, title, _ in METRICS]:
+    for col in table_columns(rows):
         table.add_column(col, justify="left" if col == "variant" else "right", overflow="fold")  # wrap, never cut
     for row in rows:
-        table.add_row(row.variant, str(len(row.seeds)), *[row.cell(k, f) for k, _, f in METRICS])
+        table.add_row(*table_cells(row, rows))
     out.print(table)
     out.print("written: " + ", ".join(str(p) for p in paths.values()))
 

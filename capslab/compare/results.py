@@ -29,6 +29,7 @@ class VariantRow:
     seeds: list[int] = field(default_factory=list)
     mean: dict[str, float] = field(default_factory=dict)
     std: dict[str, float] = field(default_factory=dict)  # sample std (n - 1); nan with one seed
+    paper: str = ""  # the published number the variant reproduces, if the comparison gives one
 
     def cell(self, key: str, fmt: str) -> str:
         m = self.mean.get(key, math.nan)
@@ -44,7 +45,9 @@ def aggregate(runs: Sequence[dict]) -> list[VariantRow]:
     """runs: dicts with 'variant', 'seed' and the METRICS keys (missing -> nan); order of first sight."""
     rows: dict[str, VariantRow] = {}
     for run in runs:
-        rows.setdefault(run["variant"], VariantRow(run["variant"])).seeds.append(run["seed"])
+        rows.setdefault(run["variant"], VariantRow(run["variant"], paper=run.get("paper") or "")).seeds.append(
+            run["seed"]
+        )
     for name, row in rows.items():
         mine = [r for r in runs if r["variant"] == name]
         for key, _, _ in METRICS:
@@ -72,11 +75,20 @@ def write_results(rows: list[VariantRow], runs: Sequence[dict], out_dir: Path) -
     return paths
 
 
+def table_columns(rows: Sequence[VariantRow]) -> list[str]:
+    """Column titles: variant, seeds, the published number when any variant gives one, then METRICS."""
+    paper = ["paper error %"] if any(r.paper for r in rows) else []
+    return ["variant", "seeds", *paper] + [title for _, title, _ in METRICS]
+
+
+def table_cells(row: VariantRow, rows: Sequence[VariantRow]) -> list[str]:
+    paper = [row.paper or "–"] if any(r.paper for r in rows) else []
+    return [row.variant, str(len(row.seeds)), *paper] + [row.cell(k, f) for k, _, f in METRICS]
+
+
 def markdown_table(rows: list[VariantRow]) -> str:
-    head = ["variant", "seeds"] + [title for _, title, _ in METRICS]
+    head = table_columns(rows)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        lines.append(
-            "| " + " | ".join([row.variant, str(len(row.seeds))] + [row.cell(k, f) for k, _, f in METRICS]) + " |"
-        )
+        lines.append("| " + " | ".join(table_cells(row, rows)) + " |")
     return "\n".join(lines)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -20,9 +21,19 @@ from capslab.train.report import read_metrics
 
 
 def prepare(run: PlannedRun, out_dir: Path) -> Path:
+    """The run's directory with its recipe; a directory left by a different recipe (the comparison or its
+    overrides changed) is emptied, so its results and checkpoints are never taken for this run's."""
     run_dir = out_dir / run.key
     run_dir.mkdir(parents=True, exist_ok=True)
-    dump_recipe(run.recipe, run_dir / "recipe.yaml", header=f"variant {run.variant!r}, seed {run.seed}")
+    new = run_dir / "planned.yaml.new"
+    dump_recipe(run.recipe, new, header=f"variant {run.variant!r}, seed {run.seed}")
+    planned = run_dir / "planned.yaml"  # what the comparison asked for (the trainer rewrites recipe.yaml)
+    if planned.exists() and planned.read_bytes() != new.read_bytes():
+        for child in run_dir.iterdir():
+            if child != new:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    new.replace(planned)
+    shutil.copyfile(planned, run_dir / "recipe.yaml")
     return run_dir
 
 
@@ -66,7 +77,9 @@ def run_compare(
     for run in runs:
         path = dirs[run.key] / SUMMARY
         if path.exists():
-            summaries.append({"variant": run.variant, "seed": run.seed, **json.loads(path.read_text())})
+            summaries.append(
+                {"variant": run.variant, "seed": run.seed, "paper": run.paper, **json.loads(path.read_text())}
+            )
     rows = aggregate(summaries)
     paths = write_results(rows, summaries, out_dir)
     if rows:

@@ -4,13 +4,15 @@
     base: quickstart            # a recipe file (relative to this file), an embedded name, or a mapping
     set: [train.epochs=2]       # overrides applied to every run
     variants:                   # optional: one entry per variant, each a label plus overrides
-      - {label: dynamic-3, routing: {name: dynamic, iterations: 3}}
+      - {label: dynamic-3, routing: {name: dynamic, iterations: 3}, paper: "0.25 ± 0.005"}
       - {label: em, routing: em, model.primary_dim: 16}
     grid:                       # optional: the product of these values (dotted recipe keys)
       routing.iterations: [1, 3]
     seeds: [0, 1, 2]
 
-Runs = variants x grid x seeds; every run's recipe is validated before any run starts.
+Runs = variants x grid x seeds; every run's recipe is validated before any run starts. A variant's
+``paper`` (text) is the published number it reproduces, shown beside the measured one. Overrides given to
+``load_compare`` (the command line's KEY=VALUE) apply to every run after ``set``, before each variant's own.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class PlannedRun:
     variant: str
     seed: int
     recipe: Recipe
+    paper: str = ""  # the published number this variant reproduces (the variant's ``paper`` key)
 
     @property
     def key(self) -> str:
@@ -66,23 +69,25 @@ def _label_part(key: str, value: Any) -> str:
     return f"{name}={value if not isinstance(value, (dict, list)) else json.dumps(value)}"
 
 
-def variant_overrides(spec: CompareSpec) -> list[tuple[str, list[str]]]:
-    """(label, overrides) for each variant x grid point."""
+def variant_overrides(spec: CompareSpec) -> list[tuple[str, list[str], str]]:
+    """(label, overrides, paper) for each variant x grid point."""
     variants = spec.variants or [{}]
     keys = list(spec.grid)
     points = list(itertools.product(*(spec.grid[k] for k in keys))) or [()]
     out = []
     for variant in variants:
         v = dict(variant)
+        paper = str(v.pop("paper", ""))
         label = str(v.pop("label", "")) or ", ".join(_label_part(k, x) for k, x in v.items())
         for point in points:
             grid_label = ", ".join(_label_part(k, x) for k, x in zip(keys, point))
             full = ", ".join(filter(None, [label, grid_label])) or "base"
-            out.append((full, [override(k, x) for k, x in v.items()] + [override(k, x) for k, x in zip(keys, point)]))
+            overrides = [override(k, x) for k, x in v.items()] + [override(k, x) for k, x in zip(keys, point)]
+            out.append((full, overrides, paper))
     return out
 
 
-def load_compare(path: str | Path) -> list[PlannedRun]:
+def load_compare(path: str | Path, overrides: list[str] | None = None) -> list[PlannedRun]:
     """Read and validate a comparison recipe; RecipeError lists every problem of every run."""
     path = Path(path)
     data, positions = read_yaml(path)
@@ -99,7 +104,7 @@ def load_compare(path: str | Path) -> list[PlannedRun]:
         base, base_pos = read_yaml(base_path)
         source = str(base_path)
     runs, problems, labels = [], [], set()
-    for label, overrides in variant_overrides(spec):
+    for label, own, paper in variant_overrides(spec):
         if label in labels:
             problems.append(at.problem(("variants",), f"two variants are both labelled {label!r}; give each a label"))
             continue
@@ -109,13 +114,13 @@ def load_compare(path: str | Path) -> list[PlannedRun]:
                 recipe = parse_recipe(
                     json.loads(json.dumps(base)),
                     source,
-                    [*spec.set, *overrides, f"seed={seed}"],
+                    [*spec.set, *(overrides or []), *own, f"seed={seed}"],
                     base_pos if not isinstance(spec.base, dict) else None,
                 )
             except RecipeError as exc:
                 problems += [f"{p} (variant {label!r})" for p in exc.problems]
                 break
-            runs.append(PlannedRun(label, seed, recipe))
+            runs.append(PlannedRun(label, seed, recipe, paper))
     if problems:
         raise RecipeError(problems)
     return runs

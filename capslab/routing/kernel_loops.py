@@ -83,7 +83,8 @@ def _squash_grad(s, gv, eps, gs):
 @_jit()
 def exp_nonpositive(x, bits, fast):
     """x (J, L) <- exp(x) for x <= 0. ``fast`` (float32): a polynomial that vectorises, within 2e-7
-    relative of exp, faster than libm's (docs/performance.md); arguments below -87 give 2^-126 (float32's least normal)."""
+    relative of exp, faster than libm's (docs/performance.md); arguments below -87 give 2^-126 (float32's
+    least normal)."""
     J, L = x.shape
     if not fast:
         for j in range(J):
