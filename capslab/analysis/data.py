@@ -32,4 +32,4 @@ def checkpoint_split(
             f"--dataset {here.data.name}: images {ds.info.shape} in {ds.info.num_classes} classes, "
             f"but the checkpoint's model takes {trained_on.shape} in {trained_on.num_classes}"
         )
-    return load_split(ds, split, limit)
+    return load_split(ds, split, limit, recipe.train.crop)

@@ -10,8 +10,14 @@ from torch import Tensor
 
 
 def image_grid(rows: Tensor, gap: int = 2, fill: float = 1.0) -> np.ndarray:
-    """Images (R, K, C, H, W) in [0, 1] -> one (R*(H+gap)+gap, K*(W+gap)+gap, C) array, a ``fill`` frame between."""
+    """Images (R, K, C, H, W) in [0, 1] -> one (R*(H+gap)+gap, K*(W+gap)+gap, C) array, a ``fill`` frame between.
+
+    Gray (C = 1) and colour (C = 3) images as they are; any other channel count (smallNORB's two cameras)
+    as its channels side by side in gray."""
     R, K, C, H, W = rows.shape
+    if C not in (1, 3):
+        rows = rows.permute(0, 1, 3, 2, 4).reshape(R, K, 1, H, C * W)  # (R, K, 1, H, C * W)
+        R, K, C, H, W = rows.shape
     grid = np.full((R * (H + gap) + gap, K * (W + gap) + gap, C), fill, dtype=np.float32)
     pixels = rows.detach().float().clamp(0, 1).permute(0, 1, 3, 4, 2).cpu().numpy()  # (R, K, H, W, C)
     for r in range(R):

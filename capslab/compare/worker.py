@@ -33,7 +33,7 @@ def synchronize(device: torch.device) -> None:
 def inference_img_s(run_dir: Path, recipe, device: torch.device, repeats: int = 2) -> float:
     """Images per second of a test-set pass, eval mode, no grad (best of ``repeats``)."""
     model, _, _ = load_checkpoint_model(run_dir, device)
-    test = load_split(make_dataset(recipe), "test", recipe.train.limit_test)
+    test = load_split(make_dataset(recipe), "test", recipe.train.limit_test, recipe.train.crop)
     best = float("inf")
     for _ in range(repeats):
         synchronize(device)

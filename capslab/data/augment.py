@@ -1,4 +1,4 @@
-"""Batched data augmentation.
+"""Batched data augmentation: random shifts (MNIST), random and centre crops (CIFAR-10, SVHN, smallNORB).
 
 ``random_shift`` is the paper's only augmentation (Sabour et al. 2017, Sec. 5: "shifted by up to 2
 pixels in each direction with zero padding"): out[b, c, y, x] = in[b, c, y - dy_b, x - dx_b], zero where
@@ -33,3 +33,27 @@ def random_shift(images: Tensor, max_shift: int, generator: torch.Generator | No
     # one flat gather over (H * W) per image: much faster on CPU than 4-D advanced indexing
     flat = (rows[:, :, None] * (w + 2 * m) + cols[:, None, :]).reshape(b, 1, h * w).expand(b, c, h * w)
     return padded.reshape(b, c, -1).gather(2, flat).reshape(b, c, h, w)
+
+
+def random_crop(images: Tensor, size: int, generator: torch.Generator | None = None) -> Tensor:
+    """A size x size window of each image of (B, C, H, W) at its own random offset (the CapsNet paper's
+    CIFAR-10 24 x 24 crops and smallNORB 32 x 32 crops); offsets drawn from ``generator``."""
+    b, c, h, w = images.shape
+    if size > h or size > w:
+        raise ValueError(f"crop {size} is larger than the {h}x{w} images")
+    rng_device = generator.device if generator is not None else images.device
+    top = torch.randint(0, h - size + 1, (b, 1), generator=generator, device=rng_device).to(images.device)  # (B, 1)
+    left = torch.randint(0, w - size + 1, (b, 1), generator=generator, device=rng_device).to(images.device)
+    rows = torch.arange(size, device=images.device) + top  # (B, S)
+    cols = torch.arange(size, device=images.device) + left  # (B, S)
+    flat = (rows[:, :, None] * w + cols[:, None, :]).reshape(b, 1, size * size).expand(b, c, size * size)
+    return images.reshape(b, c, h * w).gather(2, flat).reshape(b, c, size, size)
+
+
+def centre_crop(images: Tensor, size: int) -> Tensor:
+    """The central size x size window of (B, C, H, W) (the test-time counterpart of ``random_crop``)."""
+    h, w = images.shape[-2:]
+    if size > h or size > w:
+        raise ValueError(f"crop {size} is larger than the {h}x{w} images")
+    top, left = (h - size) // 2, (w - size) // 2
+    return images[..., top : top + size, left : left + size]

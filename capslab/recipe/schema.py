@@ -63,6 +63,8 @@ class TrainConfig(Params):
     batch_size: int = Field(128, ge=1)
     eval_batch_size: int = Field(500, ge=1)
     shift: int = Field(2, ge=0)  # random translations of up to this many pixels, zero padded (paper: 2)
+    # random crop x crop windows in training, the central one in evaluation (paper: CIFAR-10 24, smallNORB 32)
+    crop: int | None = Field(None, ge=1)
     device: str = "auto"  # auto: CUDA when present, else CPU
     bf16: bool = False  # bfloat16 autocast for the forward pass
     channels_last: bool = False

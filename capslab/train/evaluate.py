@@ -73,3 +73,21 @@ def evaluate(
     if loss_fn is not None:
         result["loss"] = loss_sum / max(n, 1)
     return {**result, **stats.summary()}
+
+
+@torch.inference_mode()
+def evaluate_ensemble(models: list[nn.Module], data: Split, *, device: torch.device, batch_size: int = 500) -> dict:
+    """Accuracy of the mean class scores (capsule lengths) of ``models`` (the CapsNet paper's CIFAR-10
+    ensemble), beside each member's own: {"examples", "accuracy", "error", "members": [accuracy, ...]}."""
+    for m in models:
+        m.eval()
+    n, hits, member_hits = 0, 0, [0] * len(models)
+    for images, targets in eval_batches(data, batch_size):
+        images, targets = images.to(device), targets.to(device)
+        scores = [m(images).scores.float() for m in models]  # each (B, J)
+        for k, s in enumerate(scores):
+            member_hits[k] += correct(s, targets)
+        hits += correct(torch.stack(scores).mean(0), targets)
+        n += len(targets)
+    acc = hits / max(n, 1)
+    return {"examples": n, "accuracy": acc, "error": 1 - acc, "members": [h / max(n, 1) for h in member_hits]}

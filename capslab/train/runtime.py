@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ import torch
 from torch import Tensor
 
 from capslab.build import build_dataset, build_model
-from capslab.data.augment import random_shift
+from capslab.data.augment import centre_crop, random_crop, random_shift
 from capslab.data.base import DataInfo, Dataset, Split
 from capslab.errors import CapslabError
 from capslab.models.base import Model
@@ -36,15 +37,33 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_split(dataset: Dataset, split: str, limit: int | None = None) -> Split:
-    """A whole split in memory; ``limit`` keeps a prefix (the datasets interleave their classes)."""
+def load_split(dataset: Dataset, split: str, limit: int | None = None, crop: int | None = None) -> Split:
+    """A whole split in memory; ``limit`` keeps a prefix (the datasets interleave their classes); ``crop``:
+    the central crop x crop of every image, what a model trained on random crops is evaluated on."""
     data = dataset.load(split)  # type: ignore[arg-type]
     if limit is not None and limit < len(data):
         data = Split(data.images[:limit], data.labels[:limit])
+    if crop is not None:
+        data = Split(centre_crop(data.images, crop).contiguous(), data.labels)
     return data
 
 
+def input_info(recipe: Recipe, info: DataInfo) -> DataInfo:
+    """What the model sees: the dataset's images, or their train.crop x train.crop crops."""
+    crop = recipe.train.crop
+    if crop is None:
+        return info
+    if crop > min(info.height, info.width):
+        raise CapslabError(
+            f"train.crop: {crop} is larger than {recipe.data.name}'s {info.height}x{info.width} images; "
+            f"use at most {min(info.height, info.width)}"
+        )
+    return dataclasses.replace(info, height=crop, width=crop)
+
+
 def make_model(recipe: Recipe, info: DataInfo) -> Model:
+    """The recipe's model for a dataset with ``info`` (the crop size, when the recipe crops)."""
+    info = input_info(recipe, info)
     return build_model(recipe.model.as_dict(), info, recipe.routing.as_dict(), recipe.squash.as_dict())
 
 
@@ -62,9 +81,10 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 
 def train_batches(
-    data: Split, batch_size: int, shift: int, generator: torch.Generator
+    data: Split, batch_size: int, shift: int, generator: torch.Generator, crop: int | None = None
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """One epoch of shuffled (images float (B, C, H, W), labels) batches, shifted by up to ``shift`` px.
+    """One epoch of shuffled (images float (B, C, H, W), labels) batches, randomly cropped to ``crop`` px
+    (when given), then shifted by up to ``shift`` px.
 
     Every random draw comes from ``generator``, whose state the checkpoint saves: resuming is exact.
     """
@@ -72,6 +92,8 @@ def train_batches(
     for start in range(0, len(data), batch_size):
         idx = order[start : start + batch_size]
         images = to_float(data.images[idx])
+        if crop is not None:
+            images = random_crop(images, crop, generator)
         if shift:
             images = random_shift(images, shift, generator)
         yield images, data.labels[idx]

@@ -61,7 +61,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: Path | None, console: Console 
     # data: whole splits in memory as uint8; each batch is cut, shifted and moved to the device
     dataset = make_dataset(recipe)
     train_set = load_split(dataset, "train", cfg.limit_train)
-    test_set = load_split(dataset, "test", cfg.limit_test)
+    test_set = load_split(dataset, "test", cfg.limit_test, cfg.crop)
 
     # model (seeded above, so its initial weights follow recipe.seed), loss, optimizer
     model = make_model(recipe, dataset.info).to(device)
@@ -124,7 +124,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: Path | None, console: Console 
             model.train()
             t0 = time.perf_counter()
             epoch_meter, window = Meter(), Meter()  # this epoch; the steps since the last log record
-            for images, targets in train_batches(train_set, cfg.batch_size, cfg.shift, generator):
+            for images, targets in train_batches(train_set, cfg.batch_size, cfg.shift, generator, cfg.crop):
                 images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
                 if cfg.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
