@@ -104,6 +104,7 @@ TINY_DATA = {
     "svhn.yaml": ("svhn", SHRINK_CAPSNET),
     "smallnorb.yaml": ("smallnorb", SHRINK_CAPSNET),
     "appendix_a.yaml": ("mnist5k", SHRINK_CAPSNET + ["train.limit_train=32", "train.limit_test=16"]),
+    "multimnist.yaml": ("mnist5k", SHRINK_CAPSNET + ["train.limit_train=32", "train.limit_test=16"]),
 }
 
 

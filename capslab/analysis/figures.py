@@ -93,7 +93,7 @@ def make_figures(
             else:
                 _routing(
                     model,
-                    test if limit is None else Split(test.images[:limit], test.labels[:limit]),
+                    test if limit is None else test.subset(slice(0, limit)),
                     dev,
                     iterations,
                     batch_size,

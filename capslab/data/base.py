@@ -17,6 +17,7 @@ class DataInfo:
     width: int
     num_classes: int
     multi_label: bool = False  # targets are multi-hot (B, J), e.g. MultiMNIST
+    sources: int = 0  # images composed into each example, each with its own label (MultiMNIST: 2); 0: none
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -27,9 +28,17 @@ class DataInfo:
 class Split:
     images: Tensor  # (N, C, H, W) uint8, pixels 0..255
     labels: Tensor  # (N,) int64 class indices, or (N, J) multi-hot
+    # (N, K, C, H, W) uint8: the K images composed into each example, each as placed on the canvas, in
+    # ascending order of their classes (MultiMNIST's two digits: what each per-digit reconstruction is held to)
+    sources: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    def subset(self, index: Tensor | slice) -> Split:
+        """The examples at ``index`` (a slice or an index tensor), sources included."""
+        sources = self.sources[index] if self.sources is not None else None
+        return Split(self.images[index], self.labels[index], sources)
 
 
 class DatasetParams(Params):

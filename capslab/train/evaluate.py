@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from capslab.data.base import Split
+from capslab.errors import CapslabError
 from capslab.losses.reconstruction import ReconstructionParams, reconstruction_loss
 from capslab.train.diagnostics import RoutingStats
 from capslab.train.runtime import correct, eval_batches
@@ -19,12 +20,30 @@ def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextMana
 
 
 def total_loss(
-    out: Any, images: torch.Tensor, targets: torch.Tensor, loss_fn: nn.Module, recon: ReconstructionParams, step: int
+    out: Any,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    loss_fn: nn.Module,
+    recon: ReconstructionParams,
+    step: int,
+    sources: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Classification loss + the reconstruction term when enabled and the model reconstructs."""
+    """Classification loss + the reconstruction term when enabled and the model reconstructs.
+
+    A model that reconstructs each composed image on its own (reconstruction (B, K, C, H, W), MultiMNIST) is
+    held to each source image (B, K, C, H, W): the term is the sum of the K per-image terms (Sabour 2017,
+    Sec. 6)."""
     loss = loss_fn(out.scores.float(), targets, step=step)
     if recon.enabled and out.reconstruction is not None:
-        loss = loss + reconstruction_loss(out.reconstruction.float(), images, recon.weight, recon.reduction)
+        target = images
+        if out.reconstruction.dim() == 5:
+            if sources is None:
+                raise CapslabError(
+                    "the model reconstructs each composed image separately, but the dataset gives no source "
+                    "images (Split.sources); use a dataset that composes its examples, or reconstruction.enabled=false"
+                )
+            target = sources
+        loss = loss + reconstruction_loss(out.reconstruction.float(), target, recon.weight, recon.reduction)
     return loss
 
 
@@ -47,8 +66,9 @@ def evaluate(
     model.eval()
     n, hits, loss_sum = 0, 0, 0.0
     stats = RoutingStats()
-    for images, targets in eval_batches(data, batch_size):
+    for images, targets, sources in eval_batches(data, batch_size):
         images, targets = images.to(device), targets.to(device)
+        sources = sources.to(device) if sources is not None else None
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(device, bf16):
@@ -57,7 +77,9 @@ def evaluate(
         hits += correct(scores, targets)
         if loss_fn is not None:
             loss_sum += float(
-                total_loss(out, images, targets, loss_fn, recon or ReconstructionParams(enabled=False), step)
+                total_loss(
+                    out, images, targets, loss_fn, recon or ReconstructionParams(enabled=False), step, sources
+                )
             ) * len(targets)
         if diagnostics:
             stats.add(out.routing, scores)
@@ -82,7 +104,7 @@ def evaluate_ensemble(models: list[nn.Module], data: Split, *, device: torch.dev
     for m in models:
         m.eval()
     n, hits, member_hits = 0, 0, [0] * len(models)
-    for images, targets in eval_batches(data, batch_size):
+    for images, targets, _ in eval_batches(data, batch_size):
         images, targets = images.to(device), targets.to(device)
         scores = [m(images).scores.float() for m in models]  # each (B, J)
         for k, s in enumerate(scores):

@@ -6,6 +6,7 @@ import dataclasses
 import math
 import random
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -42,9 +43,10 @@ def load_split(dataset: Dataset, split: str, limit: int | None = None, crop: int
     the central crop x crop of every image, what a model trained on random crops is evaluated on."""
     data = dataset.load(split)  # type: ignore[arg-type]
     if limit is not None and limit < len(data):
-        data = Split(data.images[:limit], data.labels[:limit])
+        data = data.subset(slice(0, limit))
     if crop is not None:
-        data = Split(centre_crop(data.images, crop).contiguous(), data.labels)
+        sources = centre_crop(data.sources, crop).contiguous() if data.sources is not None else None
+        data = Split(centre_crop(data.images, crop).contiguous(), data.labels, sources)
     return data
 
 
@@ -80,28 +82,43 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size)  # the last, smaller batch is kept: every example is seen each epoch
 
 
+class Batch(NamedTuple):
+    images: Tensor  # (B, C, H, W) float in [0, 1]
+    targets: Tensor  # (B,) class indices or (B, J) multi-hot
+    sources: Tensor | None  # (B, K, C, H, W) float in [0, 1]: the composed images (Split.sources), or None
+
+
+def _batch(data: Split, idx: Tensor | slice) -> Batch:
+    sources = to_float(data.sources[idx]) if data.sources is not None else None
+    return Batch(to_float(data.images[idx]), data.labels[idx], sources)
+
+
 def train_batches(
     data: Split, batch_size: int, shift: int, generator: torch.Generator, crop: int | None = None
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """One epoch of shuffled (images float (B, C, H, W), labels) batches, randomly cropped to ``crop`` px
-    (when given), then shifted by up to ``shift`` px.
+) -> Iterator[Batch]:
+    """One epoch of shuffled batches, randomly cropped to ``crop`` px (when given), then shifted by up to
+    ``shift`` px; a composed example's sources move with it (the same crop and shift).
 
     Every random draw comes from ``generator``, whose state the checkpoint saves: resuming is exact.
     """
     order = torch.randperm(len(data), generator=generator)  # (N,)
     for start in range(0, len(data), batch_size):
-        idx = order[start : start + batch_size]
-        images = to_float(data.images[idx])
+        images, targets, sources = _batch(data, order[start : start + batch_size])
+        B, C = images.shape[:2]
+        if sources is not None:  # one image of C * (1 + K) channels, so every part gets the same draw
+            images = torch.cat([images, sources.flatten(1, 2)], 1)  # (B, C * (1 + K), H, W)
         if crop is not None:
             images = random_crop(images, crop, generator)
         if shift:
             images = random_shift(images, shift, generator)
-        yield images, data.labels[idx]
+        if sources is not None:
+            images, sources = images[:, :C], images[:, C:].reshape(B, -1, C, *images.shape[2:])
+        yield Batch(images, targets, sources)
 
 
-def eval_batches(data: Split, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+def eval_batches(data: Split, batch_size: int) -> Iterator[Batch]:
     for start in range(0, len(data), batch_size):
-        yield to_float(data.images[start : start + batch_size]), data.labels[start : start + batch_size]
+        yield _batch(data, slice(start, start + batch_size))
 
 
 def correct(scores: Tensor, targets: Tensor) -> int:

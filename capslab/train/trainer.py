@@ -124,15 +124,16 @@ def _train(recipe: Recipe, run_dir: Path, resume: Path | None, console: Console 
             model.train()
             t0 = time.perf_counter()
             epoch_meter, window = Meter(), Meter()  # this epoch; the steps since the last log record
-            for images, targets in train_batches(train_set, cfg.batch_size, cfg.shift, generator, cfg.crop):
+            for images, targets, sources in train_batches(train_set, cfg.batch_size, cfg.shift, generator, cfg.crop):
                 images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+                sources = sources.to(device, non_blocking=True) if sources is not None else None
                 if cfg.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
                 lr = lr_at(counters.step, recipe.optimizer.lr, recipe.scheduler, total_steps)
                 set_lr(optimizer, lr)
                 with autocast(device, cfg.bf16):
                     out = forward(images, targets)  # targets mask the decoder's input while training
-                    loss = total_loss(out, images, targets, loss_fn, recipe.reconstruction, counters.step)
+                    loss = total_loss(out, images, targets, loss_fn, recipe.reconstruction, counters.step, sources)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -36,11 +36,13 @@ def compose(
     shift: int,
     pad: int,
     generator: torch.Generator,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Overlay pairs of digits of different classes.
 
     images (N, C, H, W) uint8, labels (N,) int -> (merged (M, C, H + 2 pad, W + 2 pad) uint8, multi-hot
-    (M, J) int64, first (M,), second (M,)) with M = N * pairs_per_digit; first/second index the base.
+    (M, J) int64, first (M,), second (M,), sources (M, 2, C, H + 2 pad, W + 2 pad) uint8) with
+    M = N * pairs_per_digit; first/second index the base; sources are the two shifted digits as placed on the
+    canvas, the lower class first (what each per-digit reconstruction is held to).
     """
     n = len(labels)
     counts = torch.bincount(labels, minlength=num_classes)  # (J,)
@@ -59,24 +61,29 @@ def compose(
     pair = torch.cat([images[first], images[second]])  # (2M, C, H, W): one shift draw each
     canvas = F.pad(pair, (pad, pad, pad, pad))  # (2M, C, H + 2p, W + 2p)
     shifted = capslab.data.random_shift(canvas, shift, generator).to(torch.int16)
-    merged = (shifted[: len(first)] + shifted[len(first) :]).clamp_max(255).to(torch.uint8)
+    a, b = shifted[: len(first)], shifted[len(first) :]  # (M, C, H', W') each
+    merged = (a + b).clamp_max(255).to(torch.uint8)
     hot = torch.zeros(len(first), num_classes, dtype=torch.int64)
     hot[torch.arange(len(first)), labels[first]] = 1
     hot[torch.arange(len(first)), labels[second]] = 1
-    return merged, hot, first, second
+    swap = (labels[first] > labels[second]).view(-1, 1, 1, 1)  # (M, 1, 1, 1): the lower class first
+    sources = torch.stack([torch.where(swap, b, a), torch.where(swap, a, b)], 1).to(torch.uint8)  # (M, 2, C, H', W')
+    return merged, hot, first, second, sources
 
 
 class MultiMNIST(capslab.Dataset):
     name = "multimnist"
     Params = MultiMNISTParams
-    info = capslab.DataInfo(1, 36, 36, 10, multi_label=True)  # with the defaults; instances carry their own
+    info = capslab.DataInfo(1, 36, 36, 10, multi_label=True, sources=2)  # the defaults; instances carry their own
 
     def __init__(self, **params):
         super().__init__(**params)
         p = self.params
         self.base = capslab.data.single_label_base(p.base, p.data_dir, "multimnist")
         b = self.base.info
-        self.info = capslab.DataInfo(b.channels, b.height + 2 * p.pad, b.width + 2 * p.pad, b.num_classes, True)
+        self.info = capslab.DataInfo(
+            b.channels, b.height + 2 * p.pad, b.width + 2 * p.pad, b.num_classes, multi_label=True, sources=2
+        )
 
     def load(self, split: Literal["train", "test"]) -> capslab.Split:
         if split not in ("train", "test"):
@@ -84,10 +91,10 @@ class MultiMNIST(capslab.Dataset):
         p = self.params
         base = self.base.load(split)
         generator = torch.Generator().manual_seed(2 * p.seed + (split == "test"))  # one stream per split
-        images, labels, _, _ = compose(
+        images, labels, _, _, sources = compose(
             base.images, base.labels, self.info.num_classes, p.pairs_per_digit, p.shift, p.pad, generator
         )
-        return capslab.Split(images, labels)
+        return capslab.Split(images, labels, sources)
 
 
 @capslab.hookimpl

@@ -60,7 +60,9 @@ class CapsNet(capslab.Model):
             in_caps, p.primary_dim, info.num_classes, p.class_dim, ctx.make_routing(spec), init_std=p.votes_init_std
         )
         self.decoder = (
-            capslab.MaskedDecoder(info.num_classes, p.class_dim, info.shape, tuple(p.decoder_hidden))
+            capslab.MaskedDecoder(
+                info.num_classes, p.class_dim, info.shape, tuple(p.decoder_hidden), separate=info.sources
+            )
             if p.decoder
             else None
         )
