@@ -77,9 +77,7 @@ def evaluate(
         hits += correct(scores, targets)
         if loss_fn is not None:
             loss_sum += float(
-                total_loss(
-                    out, images, targets, loss_fn, recon or ReconstructionParams(enabled=False), step, sources
-                )
+                total_loss(out, images, targets, loss_fn, recon or ReconstructionParams(enabled=False), step, sources)
             ) * len(targets)
         if diagnostics:
             stats.add(out.routing, scores)
