@@ -36,9 +36,17 @@ class VariantRow:
         if math.isnan(m):
             return "–"
         s = self.std.get(key, math.nan)
-        if key == "test_error" and not math.isnan(s):
+        if key.startswith("test_error") and not math.isnan(s):
             return f"{fmt.format(m)} ± {fmt.format(s)}"
         return fmt.format(m)
+
+
+def metrics_of(records: Sequence[dict]) -> list[tuple[str, str, str]]:
+    """METRICS, with a "<name> error %" column after the test error for each test_also set that the records
+    (runs, or rows' means) report."""
+    extra = sorted({k for r in records for k in r if k.startswith("test_error@")})
+    cols = [(k, f"{k.split('@', 1)[1]} error %", "{:.2f}") for k in extra]
+    return METRICS[:1] + cols + METRICS[1:]
 
 
 def aggregate(runs: Sequence[dict]) -> list[VariantRow]:
@@ -50,7 +58,7 @@ def aggregate(runs: Sequence[dict]) -> list[VariantRow]:
         )
     for name, row in rows.items():
         mine = [r for r in runs if r["variant"] == name]
-        for key, _, _ in METRICS:
+        for key, _, _ in metrics_of(runs):
             values = [float(r[key]) for r in mine if r.get(key) is not None and not math.isnan(float(r[key]))]
             row.mean[key] = mean(values) if values else math.nan
             row.std[key] = stdev(values) if len(values) > 1 else math.nan
@@ -63,10 +71,11 @@ def write_results(rows: list[VariantRow], runs: Sequence[dict], out_dir: Path) -
     paths = {k: out_dir / f"results.{k}" for k in ("csv", "json", "md")}
     with paths["csv"].open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["variant", "seeds"] + [c for k, _, _ in METRICS for c in (f"{k}_mean", f"{k}_std")])
+        metrics = metrics_of([r.mean for r in rows])
+        w.writerow(["variant", "seeds"] + [c for k, _, _ in metrics for c in (f"{k}_mean", f"{k}_std")])
         for row in rows:
             w.writerow(
-                [row.variant, len(row.seeds)] + [row_v for k, _, _ in METRICS for row_v in (row.mean[k], row.std[k])]
+                [row.variant, len(row.seeds)] + [row_v for k, _, _ in metrics for row_v in (row.mean[k], row.std[k])]
             )
     paths["json"].write_text(
         json.dumps({"variants": [asdict(r) for r in rows], "runs": list(runs)}, indent=2, default=str)
@@ -78,12 +87,14 @@ def write_results(rows: list[VariantRow], runs: Sequence[dict], out_dir: Path) -
 def table_columns(rows: Sequence[VariantRow]) -> list[str]:
     """Column titles: variant, seeds, the published number when any variant gives one, then METRICS."""
     paper = ["paper error %"] if any(r.paper for r in rows) else []
-    return ["variant", "seeds", *paper] + [title for _, title, _ in METRICS]
+    return ["variant", "seeds", *paper] + [title for _, title, _ in metrics_of([r.mean for r in rows])]
 
 
 def table_cells(row: VariantRow, rows: Sequence[VariantRow]) -> list[str]:
     paper = [row.paper or "–"] if any(r.paper for r in rows) else []
-    return [row.variant, str(len(row.seeds)), *paper] + [row.cell(k, f) for k, _, f in METRICS]
+    return [row.variant, str(len(row.seeds)), *paper] + [
+        row.cell(k, f) for k, _, f in metrics_of([r.mean for r in rows])
+    ]
 
 
 def markdown_table(rows: list[VariantRow]) -> str:

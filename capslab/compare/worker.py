@@ -81,6 +81,7 @@ def run(run_dir: Path) -> dict:
         "peak_memory_mb": peak_memory_mb(device),
         "wall_s": final.get("elapsed_s", wall),
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        **{k: 100 * v for k, v in final.items() if k.startswith("test_error@")},  # the test_also sets
     }
     tmp = run_dir / (SUMMARY + ".tmp")
     tmp.write_text(json.dumps(summary, indent=2))

@@ -1,5 +1,5 @@
 from capslab.data.arrays import as_labels, as_pixels
-from capslab.data.augment import random_shift
+from capslab.data.augment import random_shift, shift_images
 from capslab.data.base import DataInfo, Dataset, DatasetParams, Split, single_label_base
 from capslab.data.download import cache_dir, fetch
 from capslab.data.files import FileDataset, FileParams, ReleaseFile, md5_file
@@ -27,6 +27,7 @@ __all__ = [
     "md5_file",
     "parse_norb",
     "random_shift",
+    "shift_images",
     "read_idx",
     "read_idx_bytes",
     "read_mat",

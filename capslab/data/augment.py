@@ -22,14 +22,20 @@ def random_shift(images: Tensor, max_shift: int, generator: torch.Generator | No
         raise ValueError(f"max_shift must be >= 0, got {max_shift}")
     if max_shift == 0 or images.numel() == 0:
         return images
-    b, c, h, w = images.shape
     m = max_shift
     rng_device = generator.device if generator is not None else images.device
-    shift = torch.randint(-m, m + 1, (b, 2), generator=generator, device=rng_device).to(images.device)  # (B, 2): dx, dy
+    shift = torch.randint(-m, m + 1, (images.shape[0], 2), generator=generator, device=rng_device).to(images.device)
+    return shift_images(images, shift[:, 0], shift[:, 1])
+
+
+def shift_images(images: Tensor, dx: Tensor, dy: Tensor) -> Tensor:
+    """out[b, c, y, x] = images[b, c, y - dy_b, x - dx_b], zero where that falls outside; dx, dy (B,) integers."""
+    b, c, h, w = images.shape
+    m = int(max(dx.abs().max(), dy.abs().max())) if b else 0
     padded = F.pad(images, (m, m, m, m))  # (B, C, H + 2m, W + 2m); padded[.., y + m, x + m] = in[.., y, x]
     # out[y, x] = in[y - dy, x - dx] = padded[y - dy + m, x - dx + m]; 0 where that lands in the padding
-    rows = torch.arange(h, device=images.device) + (m - shift[:, 1:2])  # (B, H)
-    cols = torch.arange(w, device=images.device) + (m - shift[:, 0:1])  # (B, W)
+    rows = torch.arange(h, device=images.device) + (m - dy.view(-1, 1).to(images.device))  # (B, H)
+    cols = torch.arange(w, device=images.device) + (m - dx.view(-1, 1).to(images.device))  # (B, W)
     # one flat gather over (H * W) per image: much faster on CPU than 4-D advanced indexing
     flat = (rows[:, :, None] * (w + 2 * m) + cols[:, None, :]).reshape(b, 1, h * w).expand(b, c, h * w)
     return padded.reshape(b, c, -1).gather(2, flat).reshape(b, c, h, w)

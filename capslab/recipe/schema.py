@@ -73,6 +73,9 @@ class TrainConfig(Params):
     limit_train: int | None = Field(None, ge=1)  # use a fixed random subset of this many examples
     limit_test: int | None = Field(None, ge=1)
     log_every: int = Field(10, ge=1)  # steps between train records in metrics.jsonl
+    # stop after the first evaluation at or above this test accuracy (0..1): the CapsNet paper's affNIST
+    # protocol compares networks stopped at matched test accuracy
+    stop_at_accuracy: float | None = Field(None, gt=0, le=1)
     # capslab.routing.backends' switch for debugging: auto (fastest path that applies), fused (no compiled
     # kernel), reference (the plain loops only); None: the CAPSLAB_ROUTING_BACKEND environment variable, else auto
     routing_backend: Literal["auto", "fused", "reference"] | None = None
@@ -104,6 +107,9 @@ class Recipe(Params):
     train: TrainConfig = TrainConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     diagnostics: bool = False  # routing diagnostics in metrics.jsonl at each evaluation
+    # more test sets, each evaluated at every evaluation as test_error@<name> (e.g. affNIST for a model trained
+    # on expanded MNIST); dataset sections like ``data``, whose images the model must take as they are
+    test_also: list[Section] = []
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (what recipe.yaml and checkpoint metadata hold)."""

@@ -94,5 +94,10 @@ def epoch_line(record: dict[str, Any], epochs: int) -> str:
     return (
         f"epoch {r['epoch']}/{epochs}  step {r['step']}  train loss {r['train_loss']:.4f} "
         f"acc {r['train_accuracy']:.2%}  |  test loss {r['test_loss']:.4f} acc {r['test_accuracy']:.2%} "
-        f"(error {r['test_error']:.2%})  |  {r['img_per_s']:.0f} img/s  {r['elapsed_s']:.0f} s"
+        f"(error {r['test_error']:.2%}){extra_errors(r)}  |  {r['img_per_s']:.0f} img/s  {r['elapsed_s']:.0f} s"
     )
+
+
+def extra_errors(record: dict[str, Any]) -> str:
+    """'  affnist error 21.30%' for each test_also set of an eval record."""
+    return "".join(f"  {k.split('@', 1)[1]} error {v:.2%}" for k, v in record.items() if k.startswith("test_error@"))

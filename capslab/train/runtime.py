@@ -73,6 +73,20 @@ def make_dataset(recipe: Recipe) -> Dataset:
     return build_dataset(recipe.data.as_dict())
 
 
+def extra_test_sets(recipe: Recipe, info: DataInfo) -> dict[str, Split]:
+    """The test splits of the recipe's ``test_also`` datasets, by name (cropped like the main test set)."""
+    found: dict[str, Split] = {}
+    for i, section in enumerate(recipe.test_also):
+        ds = build_dataset(section.as_dict())
+        if (ds.info.shape, ds.info.num_classes) != (info.shape, info.num_classes):
+            raise CapslabError(
+                f"test_also[{i}]: {section.name} has images {ds.info.shape} in {ds.info.num_classes} classes, but "
+                f"{recipe.data.name}'s model takes {info.shape} in {info.num_classes}; pick a matching dataset"
+            )
+        found[section.name] = load_split(ds, "test", recipe.train.limit_test, recipe.train.crop)
+    return found
+
+
 def to_float(images: Tensor) -> Tensor:
     """uint8 pixels 0..255 -> float32 in [0, 1]."""
     return images.float().div_(255.0)

@@ -27,6 +27,7 @@ from capslab.train.optim import build_optimizer, lr_at, set_lr
 from capslab.train.report import Meter, MetricsLog, epoch_line, make_progress
 from capslab.train.runtime import (
     correct,
+    extra_test_sets,
     load_split,
     make_dataset,
     make_model,
@@ -62,6 +63,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: Path | None, console: Console 
     dataset = make_dataset(recipe)
     train_set = load_split(dataset, "train", cfg.limit_train)
     test_set = load_split(dataset, "test", cfg.limit_test, cfg.crop)
+    also = extra_test_sets(recipe, dataset.info)  # name -> Split: test_error@name at each evaluation
 
     # model (seeded above, so its initial weights follow recipe.seed), loss, optimizer
     model = make_model(recipe, dataset.info).to(device)
@@ -180,9 +182,18 @@ def _train(recipe: Recipe, run_dir: Path, resume: Path | None, console: Console 
                 "elapsed_s": round(counters.elapsed_s, 2),
                 **{k: v for k, v in test.items() if k != "examples"},
             }
+            for name, split in also.items():
+                extra = evaluate(model, split, device=device, batch_size=cfg.eval_batch_size, bf16=cfg.bf16)
+                record[f"test_error@{name}"] = extra["error"]
             log.write(record)
             progress.console.print(epoch_line(record, cfg.epochs), highlight=False, soft_wrap=True)
             save_reconstructions(model, test_set, run_dir / "reconstructions.png", device)
             save_run(run_dir, recipe, model, optimizer, generator, counters, record)
             progress.update(task, epoch=f"{min(counters.epoch + 1, cfg.epochs)}/{cfg.epochs}")
+            if cfg.stop_at_accuracy is not None and record["test_accuracy"] >= cfg.stop_at_accuracy:
+                progress.console.print(
+                    f"stopped: test accuracy {record['test_accuracy']:.2%} reached train.stop_at_accuracy "
+                    f"{cfg.stop_at_accuracy:.2%} after epoch {counters.epoch}"
+                )
+                break
     return record

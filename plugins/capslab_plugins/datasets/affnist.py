@@ -10,14 +10,17 @@ by up to ``shift`` px in x and y, zero fill (official code: ``--shift=6 --pad=6`
 code writes every shift in [-shift, shift]^2 of every digit (``copies: all``, 169 per digit: memory!);
 the default draws ``copies`` random shifts per digit, fixed by ``seed``.
 
-``affnist``: train split = the train split of the ``train`` section (default ``expanded_mnist``), test
-split = affNIST's ``test.mat`` in ``data_dir/<variant>/`` (``transformed``: 320,000 images; the paper's
-test set; ``just_centered``: the 10,000 digits padded to 40x40), unzipped from ``test.mat.zip``, which is
-downloaded from Tieleman's page when missing. The .mat holds a 1x1 struct ``affNISTdata`` with ``image``
-uint8 (1600, N), one image per column, read row by row as the common loaders read it (not checked
-against the real file here), and ``label_int`` (1, N) 0..9. No published checksum of the affNIST files
-could be found (neither torchvision nor tensorflow_datasets ships affNIST, and the GitHub loaders give
-none), so downloads are not checked by hash; the content is checked instead.
+``affnist``: train split = the train split of the ``train`` section (default ``expanded_mnist``), test split =
+with ``variant: generated``, ``copies`` affine transformations of each test digit of ``base`` (default
+``mnist5k``) within affNIST's ranges (rotation within 20 degrees, shear within 0.2, scale 0.8 to 1.2,
+translated anywhere the digit stays inside the 40x40 frame), deterministic for ``seed``, so the protocol runs
+without the real files; otherwise affNIST's ``test.mat`` in ``data_dir/<variant>/`` (``transformed``: 320,000
+images; the paper's test set; ``just_centered``: the 10,000 digits padded to 40x40), unzipped from
+``test.mat.zip``, which is downloaded from Tieleman's page when missing. The .mat holds a 1x1 struct
+``affNISTdata`` with ``image`` uint8 (1600, N), one image per column, read row by row as the common loaders
+read it (not checked against the real file here), and ``label_int`` (1, N) 0..9. No published checksum of the
+affNIST files could be found (neither torchvision nor tensorflow_datasets ships affNIST, and the GitHub
+loaders give none), so downloads are not checked by hash; the content is checked instead.
 """
 
 from __future__ import annotations
@@ -124,8 +127,57 @@ def extract(archive: Path, member: str, target: Path) -> Path:
 
 
 class AffNISTParams(capslab.data.FileParams):
-    variant: Literal["transformed", "just_centered"] = "transformed"  # the test set (paper: transformed)
+    # the test set: affNIST's "transformed" (the paper's) or "just_centered" files, or "generated" offline
+    variant: Literal["transformed", "just_centered", "generated"] = "transformed"
     train: str | dict[str, Any] = "expanded_mnist"  # dataset whose train split trains (paper: expanded MNIST)
+    # variant generated: affine copies of this dataset's test digits, ``copies`` each (affNIST: 32), fixed by seed
+    base: str | dict[str, Any] = "mnist5k"
+    copies: int = Field(1, ge=1)
+    seed: int = 0
+
+
+# affNIST's ranges (Tieleman 2013): rotation within 20 degrees, shear within 0.2, scale 0.8 to 1.2 per axis,
+# then a translation that keeps the digit inside the 40x40 frame
+ROTATION_DEG, SHEAR, SCALE = 20.0, 0.2, (0.8, 1.2)
+
+
+def affine_digits(images: Tensor, generator: torch.Generator) -> Tensor:
+    """Each 28x28 digit (N, C, 28, 28) uint8 under its own random affNIST-range transformation, on a 40x40
+    canvas: centred (padded by 6), rotated, sheared and scaled about the centre (bilinear), then moved by a
+    random whole-pixel translation that keeps its ink inside the frame. Deterministic for the generator."""
+    n, c, h, w = images.shape
+    canvas = F.pad(images.float(), ((SIDE - w) // 2, (SIDE - w + 1) // 2, (SIDE - h) // 2, (SIDE - h + 1) // 2))
+    u = torch.rand(n, 5, generator=generator, dtype=torch.float64)  # rotation, shear, scale x, scale y, spare
+    angle = (2 * u[:, 0] - 1) * ROTATION_DEG * torch.pi / 180
+    shear = (2 * u[:, 1] - 1) * SHEAR
+    sx, sy = (SCALE[0] + (SCALE[1] - SCALE[0]) * u[:, k] for k in (2, 3))
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    rot = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)  # (N, 2, 2)
+    shr = torch.eye(2, dtype=torch.float64).repeat(n, 1, 1)
+    shr[:, 0, 1] = shear
+    scl = torch.diag_embed(torch.stack([sx, sy], -1))
+    forward = rot @ shr @ scl  # (N, 2, 2): input -> output, about the centre
+    theta = torch.cat([torch.linalg.inv(forward), torch.zeros(n, 2, 1, dtype=torch.float64)], -1)  # output -> input
+    grid = F.affine_grid(theta.float(), (n, c, SIDE, SIDE), align_corners=False)
+    warped = F.grid_sample(canvas, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    warped = warped.round().clamp(0, 255).to(torch.uint8)  # (N, C, 40, 40)
+    ink = warped.amax(1) > 0  # (N, 40, 40)
+    rows, cols = ink.any(2), ink.any(1)  # (N, 40) each
+    idx = torch.arange(SIDE)
+    top = torch.where(rows, idx, SIDE).amin(1)
+    bottom = torch.where(rows, idx, -1).amax(1)
+    left = torch.where(cols, idx, SIDE).amin(1)
+    right = torch.where(cols, idx, -1).amax(1)
+    empty = bottom < 0  # no ink: leave in place
+    top, bottom, left, right = (
+        torch.where(empty, d, t) for t, d in ((top, 0), (bottom, SIDE - 1), (left, 0), (right, SIDE - 1))
+    )
+    t = torch.rand(n, 2, generator=generator, dtype=torch.float64)
+    dy = (-top + (t[:, 0] * (SIDE - bottom + top)).floor().long()).clamp(
+        max=SIDE - 1 - bottom
+    )  # in [-top, 39 - bottom]
+    dx = (-left + (t[:, 1] * (SIDE - right + left)).floor().long()).clamp(max=SIDE - 1 - right)
+    return capslab.data.shift_images(warped, dx, dy)
 
 
 class AffNIST(capslab.data.FileDataset):
@@ -154,6 +206,17 @@ class AffNIST(capslab.data.FileDataset):
             return self.train_dataset.load("train")
         if split != "test":
             raise capslab.DataError(f"affnist has no split {split!r}; use train or test")
+        p = self.params
+        if p.variant == "generated":
+            base = capslab.data.single_label_base(p.base, p.data_dir, "affnist").load("test")
+            if base.images.shape[1:] != (1, 28, 28):
+                raise capslab.DataError(
+                    f"affnist: base {p.base!r} has images {tuple(base.images.shape[1:])}; "
+                    f"the generated variant transforms 28x28 digits"
+                )
+            generator = torch.Generator().manual_seed(p.seed)
+            images = affine_digits(base.images.repeat(p.copies, 1, 1, 1), generator)
+            return capslab.Split(images, base.labels.repeat(p.copies))
         mat_path = self.directory() / self.params.variant / "test.mat"
         if not mat_path.is_file():
             archive = self.path(capslab.data.ReleaseFile(f"{self.params.variant}/test.mat.zip", None))
