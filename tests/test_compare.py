@@ -181,3 +181,17 @@ def test_every_shipped_recipe_validates(path):
         assert load_compare(path)
     else:
         load_recipe(path)
+
+
+def test_extra_test_sets_get_their_own_column():
+    from capslab.compare.results import aggregate, markdown_table
+
+    runs = [
+        {"variant": "caps", "seed": s, "test_error": 1.0 + s, "test_error@affnist": 20.0 + 2 * s, "paper": "21"}
+        for s in (0, 1)
+    ]
+    rows = aggregate(runs)
+    assert rows[0].mean["test_error@affnist"] == pytest.approx(21.0)
+    table = markdown_table(rows)
+    assert "| variant | seeds | paper error % | test error % | affnist error % |" in table
+    assert "| caps | 2 | 21 | 1.50 ± 0.71 | 21.00 ± 1.41 |" in table

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from test_cli import run
-from test_datasets_more import cifar_batches, write_cifar_tar, write_smallnorb, write_svhn
+from test_datasets_more import cifar_batches, write_affnist_mat, write_cifar_tar, write_smallnorb, write_svhn
 
 import capslab
 from capslab.data import write_idx
@@ -53,6 +53,7 @@ def test_a_cropping_recipe_builds_its_model_for_the_crop():
 
 
 def write_mnist_idx(directory: Path, n_train=64, n_test=32) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
     digits = capslab.build_dataset("mnist5k").load("test")
     for prefix, n, start in (("train", n_train, 0), ("t10k", n_test, n_train)):
         write_idx(directory / f"{prefix}-images-idx3-ubyte", digits.images[start : start + n, 0].numpy())
@@ -105,6 +106,7 @@ TINY_DATA = {
     "smallnorb.yaml": ("smallnorb", SHRINK_CAPSNET),
     "appendix_a.yaml": ("mnist5k", SHRINK_CAPSNET + ["train.limit_train=32", "train.limit_test=16"]),
     "multimnist.yaml": ("mnist5k", SHRINK_CAPSNET + ["train.limit_train=32", "train.limit_test=16"]),
+    "affnist.yaml": ("mnist+affnist", SHRINK_CAPSNET),
 }
 
 
@@ -112,6 +114,14 @@ def write_tiny(kind: str, directory: Path) -> list[str]:
     directory.mkdir(parents=True, exist_ok=True)
     if kind == "mnist":
         write_mnist_idx(directory)
+    elif kind == "mnist+affnist":  # expanded MNIST of tiny MNIST files, tested on a tiny affNIST test.mat
+        write_mnist_idx(directory / "mnist")
+        write_affnist_mat(directory / "affnist" / "transformed" / "test.mat", n=6)
+        return [
+            f"data.base={{name: mnist, data_dir: {directory / 'mnist'}, download: false}}",
+            f"test_also=[{{name: affnist, data_dir: {directory / 'affnist'}, download: false,"
+            f" train: {{name: expanded_mnist, base: mnist5k}}}}]",
+        ]
     elif kind == "cifar10":
         write_cifar_tar(directory / "cifar-10-python.tar.gz", cifar_batches(n=8))
     elif kind == "svhn":
@@ -147,3 +157,49 @@ def test_a_two_camera_image_is_drawn_as_its_cameras_side_by_side():
     grid = image_grid(stereo, gap=1)
     assert grid.shape == (3 + 2, 8 + 2, 1)
     assert (grid[1:4, 1:5] == 0).all() and (grid[1:4, 5:9] == 1).all()
+
+
+def test_generated_affine_digits_stay_in_frame_and_repeat_per_seed():
+    from capslab_plugins.datasets.affnist import affine_digits
+
+    square = torch.zeros(6, 1, 28, 28, dtype=torch.uint8)
+    square[:, :, 9:19, 9:19] = 255  # a 10x10 square: its transformed area and corners are predictable
+    a = affine_digits(square, torch.Generator().manual_seed(0))
+    b = affine_digits(square, torch.Generator().manual_seed(0))
+    assert a.shape == (6, 1, 40, 40) and torch.equal(a, b)
+    assert not torch.equal(a, affine_digits(square, torch.Generator().manual_seed(1)))
+    area = (a.float() / 255).sum((1, 2, 3))  # scale 0.8..1.2 per axis: area 0.64..1.44 of 100
+    assert ((area > 0.6 * 100) & (area < 1.5 * 100)).all(), area
+    big = torch.zeros(200, 1, 28, 28, dtype=torch.uint8)
+    big[:, :, 2:26, 2:26] = 255  # a digit filling its box: at 1.2x and 20 degrees still inside 40x40
+    out = affine_digits(big, torch.Generator().manual_seed(2))
+    kept = out.float().sum((1, 2, 3)) / big.float().sum((1, 2, 3))
+    assert (kept > 0.55).all() and (kept < 1.5).all()  # the translation never pushes the ink out of frame
+    ds = capslab.build_dataset({"name": "affnist", "variant": "generated", "copies": 2, "seed": 3})
+    test = ds.load("test")
+    assert test.images.shape == (2000, 1, 40, 40) and torch.equal(test.labels[:1000], test.labels[1000:])
+    assert torch.equal(test.images, ds.load("test").images)
+
+
+def test_test_also_and_matched_accuracy_stopping(tmp_path):
+    tiny = [
+        "model.conv_channels=8",
+        "model.primary_types=2",
+        "model.decoder_hidden=[16,32]",
+        "train.limit_train=64",
+        "train.limit_test=40",
+        "train.epochs=3",
+    ]
+    run_dir = train_tiny(
+        tmp_path,
+        "recipes/quickstart.yaml",
+        *tiny,
+        "train.stop_at_accuracy=0.01",
+        "test_also=[{name: mnist5k}]",
+    )
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert len(evals) == 1  # stopped after the first evaluation at or above 1 % accuracy
+    assert evals[0]["test_error@mnist5k"] == pytest.approx(evals[0]["test_error"])  # the same test set twice
+    res = run("train", "recipes/quickstart.yaml", *tiny, "test_also=[{name: multimnist}]", "--run-dir", tmp_path / "x")
+    assert res.exit_code == 2 and "test_also[0]: multimnist has images (1, 36, 36)" in res.output
