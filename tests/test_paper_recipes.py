@@ -203,3 +203,39 @@ def test_test_also_and_matched_accuracy_stopping(tmp_path):
     assert evals[0]["test_error@mnist5k"] == pytest.approx(evals[0]["test_error"])  # the same test set twice
     res = run("train", "recipes/quickstart.yaml", *tiny, "test_also=[{name: multimnist}]", "--run-dir", tmp_path / "x")
     assert res.exit_code == 2 and "test_also[0]: multimnist has images (1, 36, 36)" in res.output
+
+
+def test_the_gpu_script_lists_commands_that_validate():
+    """benchmarks/paper_gpu.sh --dry-run needs no GPU; every train / compare line it would run validates."""
+    import shlex
+    import subprocess
+
+    res = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "paper_gpu.sh"), "--dry-run", "/tmp/out"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert res.returncode == 0, res.stderr
+    lines = [shlex.split(line[2:]) for line in res.stdout.splitlines() if line.startswith("+ capslab ")]
+    commands = {args[1] for args in lines}
+    assert {"train", "compare", "eval", "figures"} <= commands
+    for args in lines:
+        if args[1] == "train":
+            overrides = [a for a in args[3:] if "=" in a and not a.startswith("--")]
+            assert run("validate", args[2], *overrides).exit_code == 0, args
+        elif args[1] == "compare":
+            assert run("compare", args[2], "--dry-run").exit_code == 0, args
+    ensemble = next(args for args in lines if args[1] == "eval")
+    assert len(ensemble) - 2 == 7  # CIFAR-10: the paper's 7-model ensemble
+    hidden = {**__import__("os").environ, "CUDA_VISIBLE_DEVICES": ""}  # no GPU, even on a GPU machine
+    nogpu = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "paper_gpu.sh")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=hidden,
+    )
+    assert nogpu.returncode == 2 and "no CUDA device" in nogpu.stderr and not nogpu.stdout  # nothing run
