@@ -38,6 +38,12 @@ class UnknownNameError(CapslabError, KeyError):
         return f"unknown {self.kind} {self.name!r}{did_you_mean(self.name, self.known)}; known: {known}{broken}"
 
 
+class TrainingDiverged(CapslabError):
+    """The loss or a gradient became NaN or infinite; the run stops (exit 1), its last finite checkpoint kept."""
+
+    exit_code = 1
+
+
 class DataError(CapslabError):
     """A missing or malformed data file."""
 

@@ -10,7 +10,8 @@ from pydantic import BaseModel, ConfigDict
 class Params(BaseModel):
     """Parameters of a plugin component; recipes fill them, unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # NaN and infinity are never meaningful settings (an lr of .inf validated and trained to NaN)
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 _Params = Params  # the base class, under a name the attribute below does not shadow

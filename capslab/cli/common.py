@@ -66,6 +66,6 @@ def user_errors(fn: F) -> F:
             if debug():
                 raise
             report(exc)
-            raise typer.Exit(code=2) from None
+            raise typer.Exit(code=getattr(exc, "exit_code", 2)) from None
 
     return wrapper  # type: ignore[return-value]

@@ -76,6 +76,10 @@ class TrainConfig(Params):
     # stop after the first evaluation at or above this test accuracy (0..1): the CapsNet paper's affNIST
     # protocol compares networks stopped at matched test accuracy
     stop_at_accuracy: float | None = Field(None, gt=0, le=1)
+    # a NaN / infinite loss or gradient: stop the run there (exit 1, last finite checkpoint kept), or skip the
+    # update and stop after max_skipped in a row (capslab.train.divergence)
+    nonfinite: Literal["stop", "skip_batch"] = "stop"
+    max_skipped: int = Field(10, ge=1)
     # capslab.routing.backends' switch for debugging: auto (fastest path that applies), fused (no compiled
     # kernel), reference (the plain loops only); None: the CAPSLAB_ROUTING_BACKEND environment variable, else auto
     routing_backend: Literal["auto", "fused", "reference"] | None = None

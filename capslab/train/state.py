@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import capslab
-from capslab.errors import CheckpointError
+from capslab.errors import CheckpointError, TrainingDiverged
 from capslab.models.base import Model
 from capslab.plugin import registry
 from capslab.recipe.loader import parse_recipe
@@ -49,6 +49,12 @@ def save_run(
     counters: Counters,
     metrics: dict[str, Any],
 ) -> Path:
+    bad = nonfinite_tensors(model.state_dict())
+    if bad:  # never write a checkpoint that would replace a finite one with NaN
+        raise TrainingDiverged(
+            f"epoch {counters.epoch}: the weights hold NaN or infinite values ({', '.join(bad[:3])}); "
+            f"not checkpointed, the last finite checkpoint is kept in {run_dir / 'checkpoints'}"
+        )
     model_meta = {
         "format_version": ckpt.FORMAT_VERSION,
         "recipe": recipe.to_dict(),
@@ -129,7 +135,18 @@ def restore_run(
         raise CheckpointError(f"{state_file}: incomplete trainer state ({type(exc).__name__}: {exc})") from None
 
 
+def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors that hold a NaN or an infinity."""
+    return [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
 def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: Path) -> None:
+    bad = nonfinite_tensors(weights)
+    if bad:
+        raise CheckpointError(
+            f"{source}: the weights hold NaN or infinite values ({', '.join(bad[:3])}): the run that wrote it had "
+            f"diverged; use an earlier checkpoint"
+        )
     missing, unexpected = set(model.state_dict()) - set(weights), set(weights) - set(model.state_dict())
     if missing or unexpected:
         raise CheckpointError(

@@ -21,6 +21,7 @@ from capslab.build import build_loss
 from capslab.recipe.loader import dump_recipe
 from capslab.recipe.schema import Recipe
 from capslab.routing import backends
+from capslab.train.divergence import DivergenceGuard
 from capslab.train.evaluate import autocast, evaluate, total_loss
 from capslab.train.figures import save_reconstructions
 from capslab.train.optim import build_optimizer, lr_at, set_lr
@@ -96,6 +97,8 @@ def _train(recipe: Recipe, run_dir: Path, resume: Path | None, console: Console 
     if counters.epoch >= cfg.epochs:
         console.print(f"already trained {counters.epoch} epochs; raise train.epochs to continue")
     record: dict[str, Any] = {}
+    guard = DivergenceGuard(cfg.nonfinite, cfg.max_skipped, run_dir)
+    guard.skipped = int(counters.extra.get("skipped_steps", 0))
 
     def log_window(window: Meter, lr: float, ips: float, epoch: float) -> Meter:
         """One train record of the steps since the last one; returns a fresh window."""
@@ -138,6 +141,10 @@ def _train(recipe: Recipe, run_dir: Path, resume: Path | None, console: Console 
                     loss = total_loss(out, images, targets, loss_fn, recipe.reconstruction, counters.step, sources)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if guard.skip(loss, model, counters.step + 1, epoch + 1):  # NaN / inf: this update is dropped
+                    counters.extra["skipped_steps"] = guard.skipped
+                    progress.update(task, advance=1)
+                    continue
                 optimizer.step()
                 counters.step += 1
 
@@ -180,6 +187,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: Path | None, console: Console 
                 "img_per_s": round(epoch_meter.n / train_s, 1),
                 "epoch_s": round(time.perf_counter() - t0, 2),
                 "elapsed_s": round(counters.elapsed_s, 2),
+                **({"skipped_steps": guard.skipped} if guard.skipped else {}),
                 **{k: v for k, v in test.items() if k != "examples"},
             }
             for name, split in also.items():
