@@ -25,7 +25,7 @@ from capslab.errors import CapslabError, CheckpointError, DataError, PluginError
 from capslab.layers import ClassCapsules, MaskedDecoder, PrimaryCapsules, compute_votes
 from capslab.losses import Loss, ReconstructionParams, multi_hot, reconstruction_loss
 from capslab.models import BuildContext, Model, ModelOutput
-from capslab.params import Component, Params
+from capslab.params import Component, Params, PositiveInt
 from capslab.plugin import impl, registry
 from capslab.routing import (
     AggregationParams,
@@ -68,6 +68,7 @@ __all__ = [
     "Model",
     "ModelOutput",
     "Params",
+    "PositiveInt",
     "PluginError",
     "MissingRoutingInput",
     "PrimaryCapsules",

@@ -153,3 +153,35 @@ def test_tables_wrap_on_a_narrow_terminal_instead_of_cutting_values():
     assert "…" not in result.output
     cells = "".join(line.split("│")[2].strip() for line in result.output.splitlines() if line.count("│") >= 4)
     assert "inverted_dot_product" in cells and "variational_bayes" in cells  # every name whole, folded over lines
+
+
+# ------------------------------------------------------------ valid on paper, absurd in practice
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.decoder_hidden=[-5, 0]", "greater than or equal to 1"),
+        ("model.conv_channels=100000000", "GiB to train"),
+        ("train.shift=1000000", "moves every 28x28 image out of frame"),
+        ("train.device=cuda:99", "cuda:99"),
+        ("train.threads=100000", "less than or equal to 1024"),
+        ("seed=123456789012345678901234567890", "less than 9223372036854775808"),
+    ],
+)
+def test_absurd_settings_are_one_line_errors(override, message):
+    res = run("validate", "recipes/quickstart.yaml", override)
+    assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
+
+
+def test_out_of_memory_in_training_is_one_line(tmp_path, monkeypatch):
+    import capslab.train.trainer as trainer
+
+    def alloc_fails(*args, **kwargs):
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you "
+            "tried to allocate 26041000000 bytes."
+        )
+
+    monkeypatch.setattr(trainer, "make_model", alloc_fails)
+    res = run("train", "recipes/quickstart.yaml", *TINY, "--run-dir", tmp_path / "r")
+    assert res.exit_code == 2 and res.output.count("\n") <= 2 and "out of memory" in res.output
+    assert "smaller train.batch_size" in res.output and "Traceback" not in res.output

@@ -154,3 +154,37 @@ def test_empty_recipe_means_all_defaults(tmp_path):
         k: r.to_dict()[k] for k in ("data", "model", "routing", "squash", "loss")
     }
     assert r.data.name == "mnist5k" and r.train.shift == 2
+
+
+# ------------------------------------------------------------------------------------- hostile YAML
+BOMB = "".join(
+    f"{n}: &{n} [{', '.join([f'*{p}'] * 9) if p else ', '.join(['lol'] * 9)}]\n"
+    for p, n in zip(["", "a", "b", "c", "d", "e", "f", "g", "h"], "abcdefghi")
+)
+
+
+def test_an_alias_bomb_is_refused_in_one_line_without_expanding(tmp_path):
+    import resource
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BOMB)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(RecipeError, match="expands to more than 100,000 values"):
+        load_recipe(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: no gigabytes of lols
+
+
+def test_deep_nesting_and_merge_keys_and_directories(tmp_path):
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("a: " + "[" * 3000 + "]" * 3000 + "\n")
+    with pytest.raises(RecipeError, match="nested too deeply"):
+        load_recipe(deep)
+    merge = tmp_path / "merge.yaml"
+    merge.write_text(
+        "train: &t {epochs: 1, batch_size: 16}\ncheckpoint: {keep: 1}\ndata: {name: mnist5k}\n"
+        "model:\n  <<: {name: capsnet, conv_channels: 16}\n  primary_types: 4\n"
+    )
+    recipe = load_recipe(merge)  # the merge is supported: its keys count as the map's own
+    assert recipe.model.params["conv_channels"] == 16 and recipe.model.params["primary_types"] == 4
+    with pytest.raises(RecipeError, match="is a directory, not a recipe file"):
+        find_recipe(tmp_path)

@@ -37,6 +37,14 @@ def message(exc: BaseException) -> str:
     return str(exc)
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    """A CPU or CUDA allocation failure (torch raises RuntimeError subclasses with these texts)."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc)
+    return "out of memory" in text or "can't allocate memory" in text or "not enough memory" in text
+
+
 def one_line_warnings() -> None:
     """Print capslab's own warnings (a plugin left out, ...) as one ``warning:`` line, without file and line."""
     default = warnings.showwarning
@@ -62,6 +70,16 @@ def user_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except (MemoryError, RuntimeError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+            if debug() or not out_of_memory(exc):
+                raise
+            typer.echo(
+                "error: out of memory "
+                f"({' '.join(str(exc).split())[:120] or type(exc).__name__}); use a smaller train.batch_size "
+                "(or train.eval_batch_size / --batch-size) or a smaller model",
+                err=True,
+            )
+            raise typer.Exit(code=2) from None
         except USER_ERRORS as exc:
             if debug():
                 raise

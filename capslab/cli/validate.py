@@ -11,7 +11,14 @@ import typer
 from capslab.cli.common import out, user_errors
 from capslab.errors import CapslabError
 from capslab.recipe import RecipeError, dump_recipe, find_recipe, load_recipe
-from capslab.train.runtime import make_dataset, make_model
+from capslab.train.runtime import (
+    available_memory,
+    check_fits,
+    make_dataset,
+    make_model,
+    memory_needed,
+    resolve_device,
+)
 
 
 @user_errors
@@ -32,6 +39,13 @@ def validate(
             f"{path}: model: cannot build {r.model.name!r} with {r.routing.name!r} routing: {exc}"
         ) from None
     params = sum(p.numel() for p in model.parameters())
+    check_fits(r, info)
+    need, have = memory_needed(params), available_memory(resolve_device(r.train.device))
+    if need > have:
+        raise RecipeError(
+            f"{path}: model: {params / 1e6:,.0f}M parameters need at least {need / 2**30:,.1f} GiB to train (weights, "
+            f"gradients, Adam), more than this machine's {have / 2**30:,.1f} GiB; make the model smaller"
+        )
     out.print(
         f"{path}: OK: {r.model.name} ({params / 1e6:.2f}M parameters) with {r.routing.name} routing "
         f"({r.routing.params.get('iterations', '-')} iterations) on {r.data.name}, {r.train.epochs} epochs "

@@ -29,6 +29,10 @@ def find_recipe(name_or_path: str | Path | None = None) -> Path:
     path = Path(name_or_path)
     if path.is_file():
         return path
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.yaml"))[:5]
+        inside = f"; recipes in it: {', '.join(found)}" if found else ""
+        raise RecipeError(f"{name_or_path}: is a directory, not a recipe file{inside}")
     known = embedded_recipes()
     if path.suffix in ("", ".yaml") and path.parent == Path(".") and path.stem in known:
         return known[path.stem]

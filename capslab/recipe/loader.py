@@ -71,6 +71,8 @@ def read_yaml(path: str | Path) -> tuple[Any, dict[Loc, tuple[int, int]]]:
         raise RecipeError(f"{source}: cannot read the recipe ({exc})") from None
     try:
         node = YAML(typ="rt").load(text)
+    except RecursionError:
+        raise RecipeError(f"{source}: the YAML is nested too deeply to be a recipe") from None
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
@@ -78,19 +80,41 @@ def read_yaml(path: str | Path) -> tuple[Any, dict[Loc, tuple[int, int]]]:
     except YAMLError as exc:
         raise RecipeError(f"{source}: invalid YAML: {str(exc).splitlines()[0]}") from None
     positions: dict[Loc, tuple[int, int]] = {}
-    return _plain(node, (), positions), positions
+    budget = [MAX_VALUES]
+    try:
+        return _plain(node, (), positions, budget), positions
+    except RecursionError:
+        raise RecipeError(f"{source}: the YAML is nested too deeply to be a recipe") from None
+    except _TooLarge:
+        raise RecipeError(
+            f"{source}: the YAML expands to more than {MAX_VALUES:,} values (aliases of aliases?); a recipe "
+            f"holds a few hundred"
+        ) from None
 
 
-def _plain(node: Any, loc: Loc, positions: dict[Loc, tuple[int, int]]) -> Any:
-    """ruamel's commented containers and scalar subclasses -> dict / list / int / float / str."""
+MAX_VALUES = 100_000  # values a recipe may expand to: a "billion laughs" alias bomb stops here, not in swap
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _plain(node: Any, loc: Loc, positions: dict[Loc, tuple[int, int]], budget: list[int]) -> Any:
+    """ruamel's commented containers and scalar subclasses -> dict / list / int / float / str. Aliases are
+    expanded, at most ``budget`` values in all; keys a merge (``<<: *base``) brings in take the map's position."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _TooLarge
     if isinstance(node, CommentedMap):
+        own = node.lc.data or {}
         for key in node:
-            positions[loc + (key,)] = node.lc.key(key)
-        return {key: _plain(value, loc + (key,), positions) for key, value in node.items()}
+            where = own.get(key)
+            positions[loc + (key,)] = (where[0], where[1]) if where else (node.lc.line, node.lc.col)
+        return {key: _plain(value, loc + (key,), positions, budget) for key, value in node.items()}
     if isinstance(node, CommentedSeq):
         for i in range(len(node)):
             positions[loc + (i,)] = node.lc.item(i)
-        return [_plain(value, loc + (i,), positions) for i, value in enumerate(node)]
+        return [_plain(value, loc + (i,), positions, budget) for i, value in enumerate(node)]
     for kind in (bool, int, float, str):  # bool first: it is an int
         if isinstance(node, kind):
             return kind(node)

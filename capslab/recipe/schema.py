@@ -69,7 +69,7 @@ class TrainConfig(Params):
     bf16: bool = False  # bfloat16 autocast for the forward pass
     channels_last: bool = False
     compile: bool = False  # torch.compile the forward pass (checkpoints keep the plain model's names)
-    threads: int | None = Field(None, ge=1)  # torch.set_num_threads; None: torch's default
+    threads: int | None = Field(None, ge=1, le=1024)  # torch.set_num_threads; None: torch's default
     limit_train: int | None = Field(None, ge=1)  # use a fixed random subset of this many examples
     limit_test: int | None = Field(None, ge=1)
     log_every: int = Field(10, ge=1)  # steps between train records in metrics.jsonl
@@ -99,7 +99,7 @@ class CheckpointConfig(Params):
 class Recipe(Params):
     """A whole experiment. Unknown keys anywhere are errors."""
 
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)  # torch.manual_seed takes 64 bits
     data: Section = Section(name="mnist5k")
     model: Section = Section(name="capsnet")
     routing: Section = Section(name="dynamic")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import random
 from collections.abc import Iterator
 from typing import NamedTuple
@@ -33,6 +34,11 @@ def resolve_device(name: str) -> torch.device:
         raise CapslabError(
             f"train.device: {name!r} asked for, but this torch has no CUDA device; use train.device=auto"
         )
+    if name.startswith("cuda:") and int(name.split(":")[1]) >= torch.cuda.device_count():
+        raise CapslabError(
+            f"train.device: {name!r}, but this machine has {torch.cuda.device_count()} CUDA devices (cuda:0 ..); "
+            f"use train.device=auto or cuda:0"
+        )
     if name == "mps" and not torch.backends.mps.is_available():
         raise CapslabError("train.device: 'mps' asked for, but it is not available; use train.device=auto")
     return torch.device(name)
@@ -48,6 +54,28 @@ def load_split(dataset: Dataset, split: str, limit: int | None = None, crop: int
         sources = centre_crop(data.sources, crop).contiguous() if data.sources is not None else None
         data = Split(centre_crop(data.images, crop).contiguous(), data.labels, sources)
     return data
+
+
+def check_fits(recipe: Recipe, info: DataInfo) -> None:
+    """One line for settings that pass the schema but make no sense for these images."""
+    side = min(info.height, info.width)
+    if recipe.train.shift >= side:
+        raise CapslabError(
+            f"train.shift: {recipe.train.shift} px moves every {info.height}x{info.width} image out of frame; "
+            f"use less than {side} (the paper: 2)"
+        )
+
+
+def memory_needed(params: int) -> int:
+    """Bytes that training a model of ``params`` float32 parameters takes at least: weights, gradients and
+    Adam's two moments (activations come on top)."""
+    return 16 * params
+
+
+def available_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def input_info(recipe: Recipe, info: DataInfo) -> DataInfo:

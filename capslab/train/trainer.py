@@ -27,6 +27,7 @@ from capslab.train.figures import save_reconstructions
 from capslab.train.optim import build_optimizer, lr_at, set_lr
 from capslab.train.report import Meter, MetricsLog, epoch_line, make_progress
 from capslab.train.runtime import (
+    check_fits,
     correct,
     extra_test_sets,
     load_split,
@@ -64,6 +65,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: Path | None, console: Console 
     dataset = make_dataset(recipe)
     train_set = load_split(dataset, "train", cfg.limit_train)
     test_set = load_split(dataset, "test", cfg.limit_test, cfg.crop)
+    check_fits(recipe, dataset.info)
     also = extra_test_sets(recipe, dataset.info)  # name -> Split: test_error@name at each evaluation
 
     # model (seeded above, so its initial weights follow recipe.seed), loss, optimizer

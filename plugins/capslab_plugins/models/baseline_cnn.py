@@ -10,9 +10,9 @@ import capslab
 
 
 class BaselineCNNParams(capslab.Params):
-    channels: list[int] = [256, 256, 128]
+    channels: list[capslab.PositiveInt] = [256, 256, 128]
     kernel: int = Field(5, ge=1)
-    hidden: list[int] = [328, 192]
+    hidden: list[capslab.PositiveInt] = [328, 192]
     dropout: float = Field(0.5, ge=0, lt=1)
 
 

@@ -30,7 +30,7 @@ class CapsNetParams(capslab.Params):
     class_dim: int = Field(16, ge=1)
     votes_init_std: float = Field(0.1, gt=0)  # std of each W_ij entry (the official code's truncated normal: 0.1)
     decoder: bool = True
-    decoder_hidden: list[int] = [512, 1024]
+    decoder_hidden: list[capslab.PositiveInt] = [512, 1024]
 
 
 class CapsNet(capslab.Model):

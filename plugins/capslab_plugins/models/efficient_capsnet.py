@@ -18,14 +18,14 @@ import capslab
 
 
 class EfficientCapsNetParams(capslab.Params):
-    conv_channels: list[int] = [32, 64, 64, 128]
+    conv_channels: list[capslab.PositiveInt] = [32, 64, 64, 128]
     conv_kernels: list[int] = [5, 3, 3, 3]
     conv_strides: list[int] = [1, 1, 1, 2]
     primary_caps: int = Field(16, ge=1)  # N; N * primary_dim must equal the last conv's channels
     primary_dim: int = Field(8, ge=1)
     class_dim: int = Field(16, ge=1)
     decoder: bool = True
-    decoder_hidden: list[int] = [512, 1024]
+    decoder_hidden: list[capslab.PositiveInt] = [512, 1024]
 
 
 class EfficientCapsNet(capslab.Model):

@@ -26,12 +26,12 @@ import capslab
 
 class MatrixCapsNetParams(capslab.Params):
     channels: int = Field(32, ge=1)  # A
-    types: list[int] = [32, 32, 32]  # B (primary), C (conv caps 1), D (conv caps 2)
+    types: list[capslab.PositiveInt] = [32, 32, 32]  # B (primary), C (conv caps 1), D (conv caps 2)
     width: float = Field(1.0, gt=0)  # multiplies channels and types (rounded, at least 1)
     conv_kernel: int = Field(5, ge=1)
     conv_stride: int = Field(2, ge=1)
-    caps_kernels: list[int] = [3, 3]
-    caps_strides: list[int] = [2, 1]
+    caps_kernels: list[capslab.PositiveInt] = [3, 3]
+    caps_strides: list[capslab.PositiveInt] = [2, 1]
     coordinate_addition: bool = True
     weight_init_std: float = Field(0.5, gt=0)  # std of each W entry: var(V) = 4 var(M) var(W) ~ var(M)
 
