@@ -16,8 +16,12 @@ class PluginError(CapslabError):
     """A plugin failed to import, misspelt a hook, or clashed with another plugin."""
 
 
-class PluginWarning(UserWarning):
-    """A plugin was left out (it is broken) or registered nothing; the CLI prints it as one line."""
+class CapslabWarning(UserWarning):
+    """Something the user should know that did not stop the command; the CLI prints it as one line."""
+
+
+class PluginWarning(CapslabWarning):
+    """A plugin was left out (it is broken) or registered nothing."""
 
 
 class UnknownNameError(CapslabError, KeyError):

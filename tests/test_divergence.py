@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 from test_cli import TINY, run
 
 import capslab.train.trainer as trainer
+from capslab.train import checkpoint as ckpt
 from capslab.train.report import MetricsLog
 
 STEPS = ["train.limit_train=64", "train.batch_size=32", "reconstruction.enabled=false"]  # 2 steps an epoch
@@ -112,6 +113,9 @@ def test_metrics_stay_json_and_nan_weights_never_load(tmp_path):
         meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     name = next(k for k, t in tensors.items() if t.is_floating_point())
     tensors[name] = torch.full_like(tensors[name], math.nan)
+    digests = json.loads(meta["tensor_sha256"])  # a consistent file, as a diverged run elsewhere would write
+    digests[name] = ckpt.tensor_digest(tensors[name])
+    meta["tensor_sha256"] = json.dumps(digests)
     save_file(tensors, str(model_file), metadata=meta)
     res = run("eval", run_dir)
     assert res.exit_code == 2 and "NaN or infinite" in res.output and name in res.output

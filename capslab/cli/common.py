@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from ruamel.yaml.error import YAMLError
 
-from capslab.errors import CapslabError, PluginWarning
+from capslab.errors import CapslabError, CapslabWarning
 
 DEBUG_ENV = "CAPSLAB_DEBUG"  # CAPSLAB_DEBUG=1: let the traceback through
 USER_ERRORS = (CapslabError, ValidationError, YAMLError)
@@ -50,7 +50,7 @@ def one_line_warnings() -> None:
     default = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, PluginWarning):
+        if issubclass(category, CapslabWarning):
             typer.echo(f"warning: {message}", err=True)
         else:
             default(message, category, filename, lineno, file, line)

@@ -50,10 +50,10 @@ def train(
     recipe_arg, overrides = split_args(args or [])
     ckpt_dir = None
     if resume is not None:
-        ckpt_dir = ckpt.resolve_checkpoint(resume)
+        ckpt_dir = ckpt.resolve_checkpoint(resume, verify=True)  # the newest intact checkpoint
         model_file = ckpt_dir / ckpt.MODEL_FILE
         if recipe_arg is None:
-            recipe = parse_recipe(ckpt.read_metadata(model_file).get("recipe", {}), f"{model_file} (recipe)", overrides)
+            recipe = parse_recipe(ckpt.recipe_of(model_file), f"{model_file} (recipe)", overrides)
         else:
             recipe = load_recipe(find_recipe(recipe_arg), overrides)
         if run_dir is None:

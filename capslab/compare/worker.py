@@ -62,7 +62,7 @@ def run(run_dir: Path) -> dict:
     recipe = load_recipe(run_dir / "recipe.yaml")
     resume = None
     if (run_dir / "checkpoints" / ckpt.LATEST).exists():
-        resume = resolve_checkpoint(run_dir)
+        resume = resolve_checkpoint(run_dir, verify=True)
     t0 = time.perf_counter()
     with (run_dir / "train.log").open("a") as log:
         final = train(recipe, run_dir, resume=resume, console=Console(file=log, width=120))

@@ -9,15 +9,21 @@ A checkpoint is a directory ``checkpoints/step-00000064/`` holding
   as JSON in its metadata.
 
 Written atomically: both files go into a temporary directory that ``os.replace`` renames into place;
-``checkpoints/latest`` (the name of the newest checkpoint) is replaced last; the last N are kept.
+``checkpoints/latest`` (the name of the newest checkpoint) is replaced last; the last N are kept. Each file's
+metadata holds the SHA-256 of every tensor's bytes (``tensor_sha256``), checked on every read: a flipped
+byte is an error, not a silently different model. A full disk is one error naming the directory and the
+space needed; the temporary directory is removed and the previous checkpoint stays. A run whose newest
+checkpoint is damaged (or whose ``latest`` is missing) resumes from the newest intact one, with a warning.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +33,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from capslab.errors import CheckpointError
+from capslab.errors import CapslabWarning, CheckpointError
 
 FORMAT_VERSION = 1
 MODEL_FILE, STATE_FILE, LATEST = "model.safetensors", "trainer_state.safetensors", "latest"
@@ -52,9 +58,20 @@ def save_checkpoint(
     for stale in root.glob(".tmp-*"):  # left by a run killed while writing (one trainer per run dir)
         shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    tmp.mkdir()
-    _save(model_tensors, tmp / MODEL_FILE, model_meta)
-    _save(state_tensors, tmp / STATE_FILE, state_meta)
+    try:
+        tmp.mkdir()
+        _save(model_tensors, tmp / MODEL_FILE, model_meta)
+        _save(state_tensors, tmp / STATE_FILE, state_meta)
+    except Exception as exc:  # a full disk, a quota, a read-only mount: the previous checkpoint stays as it was
+        shutil.rmtree(tmp, ignore_errors=True)
+        size = sum(t.numel() * t.element_size() for d in (model_tensors, state_tensors) for t in d.values())
+        free = shutil.disk_usage(root).free if root.exists() else 0
+        reason = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:120]
+        raise CheckpointError(
+            f"{root}: cannot write checkpoint {final.name} ({reason}); it needs about {size / 2**20:,.0f} MiB and "
+            f"{free / 2**20:,.0f} MiB are free; free some space and resume with --resume (the last checkpoint is "
+            f"intact)"
+        ) from None
     if final.exists():  # the same step saved again (a resumed run that re-ran it)
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -66,30 +83,64 @@ def save_checkpoint(
     return final
 
 
+def tensor_digest(t: Tensor) -> str:
+    """SHA-256 of a tensor's bytes (any dtype)."""
+    return hashlib.sha256(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
 def _save(tensors: dict[str, Tensor], path: Path, meta: dict[str, Any]) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    meta = {**meta, "tensor_sha256": {k: tensor_digest(v) for k, v in tensors.items()}}
     save_file(tensors, str(path), metadata={k: json.dumps(v) for k, v in meta.items()})
     with open(path, "rb") as f:  # on disk before the rename makes it visible
         os.fsync(f.fileno())
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """The checkpoint directory for a run dir, a ``checkpoints`` dir, a checkpoint dir or its model file."""
+def intact(ckpt_dir: Path) -> str | None:
+    """None when both files of the checkpoint read and match their checksums, else why not."""
+    try:
+        for name in (MODEL_FILE, STATE_FILE):
+            read_file(ckpt_dir / name)
+    except CheckpointError as exc:
+        return str(exc)
+    return None
+
+
+def _fallback(root: Path, newest: str, why: str) -> Path:
+    """The newest intact step-* directory under ``root`` other than ``newest``, with a warning naming both."""
+    for candidate in sorted((d for d in root.glob("step-*") if d.is_dir() and d.name != newest), reverse=True):
+        if intact(candidate) is None:
+            warnings.warn(
+                f"{why}; using {candidate.name}, the newest intact checkpoint",
+                CapslabWarning,
+                stacklevel=3,
+            )
+            return candidate
+    raise CheckpointError(f"{root}: {why}, and no intact step-* checkpoint is left to fall back on")
+
+
+def resolve_checkpoint(path: str | Path, verify: bool = False) -> Path:
+    """The checkpoint directory for a run dir, a ``checkpoints`` dir, a checkpoint dir or its model file.
+
+    For a run (``latest`` and ``step-*`` directories), a missing ``latest`` or a newest checkpoint without
+    its files falls back to the newest intact one with a warning; ``verify`` also reads the newest one and
+    falls back when it is corrupt (``--resume`` does)."""
     p = Path(path)
     if p.is_file() and p.suffix == ".safetensors":
         p = p.parent
-    for root in (p / "checkpoints", p):
-        pointer = root / LATEST
-        if pointer.is_file() and not (p / MODEL_FILE).is_file():
-            name = pointer.read_text(encoding="utf-8").strip()
-            if not (root / name / MODEL_FILE).is_file():
-                raise CheckpointError(
-                    f"{pointer}: points at {name!r}, which has no {MODEL_FILE}; "
-                    f"the run directory is damaged (point it at a step-* directory that exists)"
-                )
-            return root / name
     if (p / MODEL_FILE).is_file():
         return p
+    for root in (p / "checkpoints", p):
+        pointer = root / LATEST
+        steps = [d for d in root.glob("step-*") if d.is_dir()] if root.is_dir() else []
+        if pointer.is_file():
+            name = pointer.read_text(encoding="utf-8").strip()
+            if not (root / name / MODEL_FILE).is_file():
+                return _fallback(root, name, f"{pointer} points at {name!r}, which has no {MODEL_FILE}")
+            why = intact(root / name) if verify else None
+            return _fallback(root, name, why) if why else root / name
+        if steps:
+            return _fallback(root, "", f"{pointer} is missing")
     if not p.exists():
         raise CheckpointError(f"{p}: no such file or directory")
     raise CheckpointError(
@@ -114,11 +165,30 @@ def read_file(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format_version {version!r}, this capslab reads {FORMAT_VERSION}")
+    digests = meta.pop("tensor_sha256", None)  # absent in checkpoints written before checksums
+    if digests is not None:
+        bad = [k for k, t in tensors.items() if digests.get(k) != tensor_digest(t)]
+        if bad or set(digests) != set(tensors):
+            raise CheckpointError(
+                f"{path}: tensor {(bad or sorted(set(digests) ^ set(tensors)))[0]!r} does not match the checksum "
+                f"written with it: the file is corrupt; use another checkpoint"
+            )
     return tensors, meta
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
     return read_file(path)[1]
+
+
+def recipe_of(model_file: Path) -> dict[str, Any]:
+    """The recipe a model file was trained with; CheckpointError if its metadata has none."""
+    meta = read_metadata(model_file)
+    if "recipe" not in meta:
+        raise CheckpointError(
+            f"{model_file}: no recipe in its metadata (not written by capslab train), so the model it holds cannot "
+            f"be built; train it with capslab, or load its tensors yourself with safetensors"
+        )
+    return meta["recipe"]
 
 
 # --- optimizer state, keyed by parameter name -------------------------------------------------------

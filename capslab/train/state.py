@@ -147,7 +147,15 @@ def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: Pat
             f"{source}: the weights hold NaN or infinite values ({', '.join(bad[:3])}): the run that wrote it had "
             f"diverged; use an earlier checkpoint"
         )
-    missing, unexpected = set(model.state_dict()) - set(weights), set(weights) - set(model.state_dict())
+    own = model.state_dict()
+    other = [k for k, t in weights.items() if k in own and t.dtype != own[k].dtype]
+    if other:
+        k = other[0]
+        raise CheckpointError(
+            f"{source}: {k} is stored as {weights[k].dtype}, the model's is {own[k].dtype} ({len(other)} tensors "
+            f"differ); capslab writes the model's own dtypes: was this file converted or quantised elsewhere?"
+        )
+    missing, unexpected = set(own) - set(weights), set(weights) - set(own)
     if missing or unexpected:
         raise CheckpointError(
             f"{source}: weights do not fit the model (missing {sorted(missing)[:3]}, "
@@ -163,7 +171,7 @@ def load_checkpoint_model(path: str | Path, device: torch.device) -> tuple[Model
     """(model in eval mode, its recipe, the model file's metadata) from any checkpoint path."""
     model_file = ckpt.resolve_checkpoint(path) / ckpt.MODEL_FILE
     weights, meta = ckpt.read_file(model_file)
-    recipe = parse_recipe(meta.get("recipe", {}), f"{model_file} (recipe)")
+    recipe = parse_recipe(ckpt.recipe_of(model_file), f"{model_file} (recipe)")
     model = make_model(recipe, make_dataset(recipe).info)
     load_weights(model, weights, model_file)
     return model.to(device).eval(), recipe, meta
