@@ -195,3 +195,17 @@ def test_extra_test_sets_get_their_own_column():
     table = markdown_table(rows)
     assert "| variant | seeds | paper error % | test error % | affnist error % |" in table
     assert "| caps | 2 | 21 | 1.50 ± 0.71 | 21.00 ± 1.41 |" in table
+
+
+def test_a_typo_in_a_variant_is_placed_at_that_variant(tmp_path):
+    path = write(
+        tmp_path,
+        "base: quickstart\nset:\n  - train.epochs=1\n  - train.bach_size=8\nvariants:\n"
+        "  - {label: a, routing: {name: dynamic, iterashuns: 3}}\n  - {label: b, train.epohcs: 2}\n",
+    )
+    with pytest.raises(RecipeError) as err:
+        load_compare(path)
+    text = "\n".join(err.value.problems)
+    assert f"{path}:6:5: routing.iterashuns: unknown key" in text
+    assert f"{path}:7:5: train.epohcs: unknown key" in text
+    assert f"{path}:4:5: train.bach_size: unknown key" in text and "<override>" not in text

@@ -69,13 +69,13 @@ def _label_part(key: str, value: Any) -> str:
     return f"{name}={value if not isinstance(value, (dict, list)) else json.dumps(value)}"
 
 
-def variant_overrides(spec: CompareSpec) -> list[tuple[str, list[str], str]]:
-    """(label, overrides, paper) for each variant x grid point."""
+def variant_overrides(spec: CompareSpec) -> list[tuple[str, list[str], str, int]]:
+    """(label, overrides, paper, index of the variant in ``variants``) for each variant x grid point."""
     variants = spec.variants or [{}]
     keys = list(spec.grid)
     points = list(itertools.product(*(spec.grid[k] for k in keys))) or [()]
     out = []
-    for variant in variants:
+    for index, variant in enumerate(variants):
         v = dict(variant)
         paper = str(v.pop("paper", ""))
         label = str(v.pop("label", "")) or ", ".join(_label_part(k, x) for k, x in v.items())
@@ -83,8 +83,26 @@ def variant_overrides(spec: CompareSpec) -> list[tuple[str, list[str], str]]:
             grid_label = ", ".join(_label_part(k, x) for k, x in zip(keys, point))
             full = ", ".join(filter(None, [label, grid_label])) or "base"
             overrides = [override(k, x) for k, x in v.items()] + [override(k, x) for k, x in zip(keys, point)]
-            out.append((full, overrides, paper))
+            out.append((full, overrides, paper, index))
     return out
+
+
+def blame(problem: str, own: list[str], common: list[str], index: int, at: Locator) -> str:
+    """A problem that a variant's or ``set``'s override caused, placed at that entry of the comparison file
+    (the recipe loader only knows it came from an override)."""
+    if not problem.startswith(OVERRIDE):
+        return problem
+    key = problem[len(OVERRIDE) :].split(":", 1)[0].strip()
+    for entries, loc in ((own, ("variants", index)), (common, None)):
+        for j, entry in enumerate(entries):
+            entry_key = entry.split("=", 1)[0]
+            if key == entry_key or key.startswith(entry_key + "."):
+                where = at.where(loc if loc is not None else ("set", j))
+                return where + problem[len(OVERRIDE) - 2 :]
+    return problem
+
+
+OVERRIDE = "<override>: "
 
 
 def load_compare(path: str | Path, overrides: list[str] | None = None) -> list[PlannedRun]:
@@ -104,7 +122,7 @@ def load_compare(path: str | Path, overrides: list[str] | None = None) -> list[P
         base, base_pos = read_yaml(base_path)
         source = str(base_path)
     runs, problems, labels = [], [], set()
-    for label, own, paper in variant_overrides(spec):
+    for label, own, paper, index in variant_overrides(spec):
         if label in labels:
             problems.append(at.problem(("variants",), f"two variants are both labelled {label!r}; give each a label"))
             continue
@@ -118,7 +136,7 @@ def load_compare(path: str | Path, overrides: list[str] | None = None) -> list[P
                     base_pos if not isinstance(spec.base, dict) else None,
                 )
             except RecipeError as exc:
-                problems += [f"{p} (variant {label!r})" for p in exc.problems]
+                problems += [f"{blame(p, own, spec.set, index, at)} (variant {label!r})" for p in exc.problems]
                 break
             runs.append(PlannedRun(label, seed, recipe, paper))
     if problems:
