@@ -29,6 +29,7 @@ from pydantic import Field, ValidationError
 from capslab.params import Params
 from capslab.recipe import COMPONENTS, Recipe, RecipeError, find_recipe, parse_recipe, read_yaml
 from capslab.recipe.loader import Locator
+from capslab.recipe.overrides import OVERRIDE, Problem
 
 
 class CompareSpec(Params):
@@ -90,19 +91,14 @@ def variant_overrides(spec: CompareSpec) -> list[tuple[str, list[str], str, int]
 def blame(problem: str, own: list[str], common: list[str], index: int, at: Locator) -> str:
     """A problem that a variant's or ``set``'s override caused, placed at that entry of the comparison file
     (the recipe loader only knows it came from an override)."""
-    if not problem.startswith(OVERRIDE):
+    if not isinstance(problem, Problem) or problem.source != OVERRIDE:
         return problem
-    key = problem[len(OVERRIDE) :].split(":", 1)[0].strip()
-    for entries, loc in ((own, ("variants", index)), (common, None)):
+    for entries, loc in ((own, None), (common, "set")):
         for j, entry in enumerate(entries):
             entry_key = entry.split("=", 1)[0]
-            if key == entry_key or key.startswith(entry_key + "."):
-                where = at.where(loc if loc is not None else ("set", j))
-                return where + problem[len(OVERRIDE) - 2 :]
+            if problem.key == entry_key or problem.key.startswith(entry_key + "."):
+                return problem.moved(*at.position(("variants", index) if loc is None else ("set", j)))
     return problem
-
-
-OVERRIDE = "<override>: "
 
 
 def load_compare(path: str | Path, overrides: list[str] | None = None) -> list[PlannedRun]:
@@ -121,7 +117,9 @@ def load_compare(path: str | Path, overrides: list[str] | None = None) -> list[P
         base_path = local if local.is_file() else find_recipe(spec.base)
         base, base_pos = read_yaml(base_path)
         source = str(base_path)
-    runs, problems, labels = [], [], set()
+    runs: list[PlannedRun] = []
+    problems: list[str] = []
+    labels: set[str] = set()
     for label, own, paper, index in variant_overrides(spec):
         if label in labels:
             problems.append(at.problem(("variants",), f"two variants are both labelled {label!r}; give each a label"))

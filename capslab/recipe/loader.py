@@ -20,7 +20,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from capslab.errors import CapslabError, UnknownNameError, did_you_mean
 from capslab.plugin import registry
-from capslab.recipe.overrides import OVERRIDE, apply_overrides
+from capslab.recipe.overrides import OVERRIDE, Problem, apply_overrides
 from capslab.recipe.schema import COMPONENTS, Recipe, Section
 
 Loc = tuple[Any, ...]
@@ -42,22 +42,26 @@ class Locator:
     ):
         self.source, self.positions, self.overridden = source, positions or {}, overridden or set()
 
-    def where(self, loc: Loc) -> str:
+    def position(self, loc: Loc) -> tuple[str, int, int]:
+        """(source, line, col), 1-based; (OVERRIDE, 0, 0) for what an override set, line 0 when unknown."""
         if any(loc[:i] in self.overridden for i in range(1, len(loc) + 1)):
-            return OVERRIDE
+            return OVERRIDE, 0, 0
         if loc not in self.positions and any(o[: len(loc)] == loc for o in self.overridden):
-            return OVERRIDE  # a section that only an override created
+            return OVERRIDE, 0, 0  # a section that only an override created
         if not self.positions:  # data that came from no file (a checkpoint's recipe, the command line)
-            return self.source
+            return self.source, 0, 0
         for i in range(len(loc), 0, -1):  # a missing key is reported at its closest written parent
             if loc[:i] in self.positions:
                 line, col = self.positions[loc[:i]]
-                return f"{self.source}:{line + 1}:{col + 1}"
-        return f"{self.source}:1:1"
+                return self.source, line + 1, col + 1
+        return self.source, 1, 1
 
-    def problem(self, loc: Loc, message: str) -> str:
-        path = ".".join(map(str, loc))
-        return f"{self.where(loc)}: {path}: {message}" if path else f"{self.where(loc)}: {message}"
+    def where(self, loc: Loc) -> str:
+        source, line, col = self.position(loc)
+        return f"{source}:{line}:{col}" if line else source
+
+    def problem(self, loc: Loc, message: str) -> Problem:
+        return Problem(*self.position(loc), ".".join(map(str, loc)), message)
 
 
 def read_yaml(path: str | Path) -> tuple[Any, dict[Loc, tuple[int, int]]]:
@@ -164,7 +168,7 @@ def parse_recipe(
     return recipe.model_copy(update=update)
 
 
-def _resolve(key: str, kind: str, raw: Any, at: Locator, resolved: dict[str, dict[str, Any]]) -> list[str]:
+def _resolve(key: str, kind: str, raw: Any, at: Locator, resolved: dict[str, dict[str, Any]]) -> list[Problem]:
     """Look the section's name up in its registry and validate its params with the plugin's Params."""
     try:
         section = raw if isinstance(raw, Section) else Section.model_validate(raw)
@@ -182,7 +186,7 @@ def _resolve(key: str, kind: str, raw: Any, at: Locator, resolved: dict[str, dic
     return []
 
 
-def _check_compatible(resolved: dict[str, dict[str, Any]], at: Locator) -> list[str]:
+def _check_compatible(resolved: dict[str, dict[str, Any]], at: Locator) -> list[Problem]:
     """A loss for capsule lengths on a model that outputs logits trains without error, and badly."""
     if "model" not in resolved or "loss" not in resolved:
         return []
@@ -200,7 +204,7 @@ def _check_compatible(resolved: dict[str, dict[str, Any]], at: Locator) -> list[
 
 def _problem(
     err: Mapping[str, Any], cls: type[BaseModel], at: Locator, prefix: Loc = (), extra_keys: Sequence[str] = ()
-) -> str:
+) -> Problem:
     """One pydantic error -> one ``where: key.path: message`` line."""
     loc = prefix + tuple(err["loc"])
     kind, value = err["type"], err.get("input")
@@ -220,8 +224,9 @@ def _problem(
 
 def _file_order(problem: str) -> tuple[int, int, int]:
     """Problems in the file by line and column, then the overrides in the order given (a stable sort)."""
-    m = re.match(r"[^\n]*?:(\d+):(\d+): ", problem)
-    return (0, int(m[1]), int(m[2])) if m and not problem.startswith(OVERRIDE) else (1, 0, 0)
+    if isinstance(problem, Problem) and problem.source != OVERRIDE and problem.line:
+        return (0, problem.line, problem.col)
+    return (1, 0, 0)
 
 
 def _keys(cls: type[BaseModel], loc: Loc) -> list[str]:
