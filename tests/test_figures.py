@@ -13,8 +13,9 @@ from capslab.analysis.perturb import class_poses
 from capslab.cli.main import app
 from capslab.recipe import find_recipe, load_recipe
 from capslab.train import train
+from capslab.train.data import load_split, to_float
 from capslab.train.report import read_metrics
-from capslab.train.runtime import load_split, make_dataset, to_float
+from capslab.train.setup import make_dataset
 from capslab.train.state import load_checkpoint_model
 
 TINY = [

@@ -124,7 +124,7 @@ def test_each_reconstruction_sees_only_its_own_capsule():
 
 
 def test_the_reconstruction_term_is_the_sum_over_the_two_digits():
-    from capslab.train.evaluate import total_loss
+    from capslab.train.objective import total_loss
 
     recon = torch.rand(3, 2, 1, 6, 6)
     sources = torch.rand(3, 2, 1, 6, 6)
@@ -141,7 +141,7 @@ def test_the_reconstruction_term_is_the_sum_over_the_two_digits():
 
 
 def test_a_composed_batch_moves_with_its_sources():
-    from capslab.train.runtime import train_batches
+    from capslab.train.data import train_batches
 
     split = MultiMNIST(pairs_per_digit=1, shift=0, seed=0).load("test").subset(slice(0, 16))
     for images, _, sources in train_batches(split, 8, 3, torch.Generator().manual_seed(0), crop=30):

@@ -14,7 +14,7 @@ import capslab
 from capslab.data import write_idx
 from capslab.data.augment import centre_crop, random_crop
 from capslab.recipe import load_recipe
-from capslab.train.runtime import input_info, make_model
+from capslab.train.setup import input_info, make_model
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "recipes" / "paper"

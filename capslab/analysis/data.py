@@ -5,7 +5,8 @@ from __future__ import annotations
 from capslab.data.base import Split
 from capslab.errors import DataError
 from capslab.recipe import Recipe, parse_recipe
-from capslab.train.runtime import load_split, make_dataset
+from capslab.train.data import load_split
+from capslab.train.setup import make_dataset
 
 
 def checkpoint_split(

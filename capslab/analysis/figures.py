@@ -24,7 +24,7 @@ from capslab.errors import CapslabError
 from capslab.train.checkpoint import resolve_checkpoint
 from capslab.train.figures import save_reconstructions
 from capslab.train.report import read_metrics
-from capslab.train.runtime import resolve_device
+from capslab.train.setup import resolve_device
 from capslab.train.state import load_checkpoint_model
 
 ANALYSES = ("reconstructions", "perturbations", "routing")

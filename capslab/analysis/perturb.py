@@ -22,7 +22,7 @@ from capslab.data.base import Split
 from capslab.errors import CapslabError
 from capslab.layers.decoder import MaskedDecoder
 from capslab.losses.base import multi_hot
-from capslab.train.runtime import to_float
+from capslab.train.data import to_float
 
 
 def perturbation_values(limit: float = 0.25, step: float = 0.05) -> Tensor:

@@ -14,7 +14,7 @@ from capslab.build import build_loss
 from capslab.cli.common import out, user_errors
 from capslab.errors import CapslabError
 from capslab.train.evaluate import evaluate, evaluate_ensemble
-from capslab.train.runtime import resolve_device
+from capslab.train.setup import resolve_device
 from capslab.train.state import load_checkpoint_model
 
 

@@ -11,14 +11,7 @@ import typer
 from capslab.cli.common import out, user_errors
 from capslab.errors import CapslabError
 from capslab.recipe import RecipeError, dump_recipe, find_recipe, load_recipe
-from capslab.train.runtime import (
-    available_memory,
-    check_fits,
-    make_dataset,
-    make_model,
-    memory_needed,
-    resolve_device,
-)
+from capslab.train.setup import available_memory, check_fits, make_dataset, make_model, memory_needed, resolve_device
 
 
 @user_errors

@@ -21,8 +21,9 @@ from capslab.compare.results import SUMMARY
 from capslab.recipe import load_recipe
 from capslab.train import checkpoint as ckpt
 from capslab.train import evaluate, load_checkpoint_model, resolve_checkpoint, train
+from capslab.train.data import load_split
 from capslab.train.report import read_metrics
-from capslab.train.runtime import load_split, make_dataset, resolve_device
+from capslab.train.setup import make_dataset, resolve_device
 
 
 def synchronize(device: torch.device) -> None:

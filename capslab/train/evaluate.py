@@ -9,42 +9,14 @@ import torch
 from torch import nn
 
 from capslab.data.base import Split
-from capslab.errors import CapslabError
-from capslab.losses.reconstruction import ReconstructionParams, reconstruction_loss
+from capslab.losses.reconstruction import ReconstructionParams
+from capslab.train.data import eval_batches
 from capslab.train.diagnostics import RoutingStats
-from capslab.train.runtime import correct, eval_batches
+from capslab.train.objective import correct, total_loss
 
 
 def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-
-
-def total_loss(
-    out: Any,
-    images: torch.Tensor,
-    targets: torch.Tensor,
-    loss_fn: nn.Module,
-    recon: ReconstructionParams,
-    step: int,
-    sources: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Classification loss + the reconstruction term when enabled and the model reconstructs.
-
-    A model that reconstructs each composed image on its own (reconstruction (B, K, C, H, W), MultiMNIST) is
-    held to each source image (B, K, C, H, W): the term is the sum of the K per-image terms (Sabour 2017,
-    Sec. 6)."""
-    loss = loss_fn(out.scores.float(), targets, step=step)
-    if recon.enabled and out.reconstruction is not None:
-        target = images
-        if out.reconstruction.dim() == 5:
-            if sources is None:
-                raise CapslabError(
-                    "the model reconstructs each composed image separately, but the dataset gives no source "
-                    "images (Split.sources); use a dataset that composes its examples, or reconstruction.enabled=false"
-                )
-            target = sources
-        loss = loss + reconstruction_loss(out.reconstruction.float(), target, recon.weight, recon.reduction)
-    return loss
 
 
 @torch.no_grad()

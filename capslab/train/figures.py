@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from capslab.data.base import Split
-from capslab.train.runtime import to_float
+from capslab.train.data import to_float
 
 
 def overlay(images: torch.Tensor) -> torch.Tensor:

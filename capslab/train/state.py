@@ -16,7 +16,7 @@ from capslab.plugin import registry
 from capslab.recipe.loader import parse_recipe
 from capslab.recipe.schema import COMPONENTS, Recipe
 from capslab.train import checkpoint as ckpt
-from capslab.train.runtime import make_dataset, make_model
+from capslab.train.setup import make_dataset, make_model
 
 # what a resumed run must share with its checkpoint (the weights and optimizer state must fit)
 MUST_MATCH = ("data", "model", "routing", "squash")

@@ -21,23 +21,14 @@ from capslab.build import build_loss
 from capslab.recipe.loader import dump_recipe
 from capslab.recipe.schema import Recipe
 from capslab.routing import backends
+from capslab.train.data import extra_test_sets, load_split, steps_per_epoch, train_batches
 from capslab.train.divergence import DivergenceGuard
-from capslab.train.evaluate import autocast, evaluate, total_loss
+from capslab.train.evaluate import autocast, evaluate
 from capslab.train.figures import save_reconstructions
+from capslab.train.objective import correct, total_loss
 from capslab.train.optim import build_optimizer, lr_at, set_lr
 from capslab.train.report import Meter, MetricsLog, epoch_line, make_progress
-from capslab.train.runtime import (
-    check_fits,
-    correct,
-    extra_test_sets,
-    load_split,
-    make_dataset,
-    make_model,
-    resolve_device,
-    seed_everything,
-    steps_per_epoch,
-    train_batches,
-)
+from capslab.train.setup import check_fits, make_dataset, make_model, resolve_device, seed_everything
 from capslab.train.state import Counters, restore_run, save_run
 
 

@@ -1,47 +1,20 @@
-"""What the trainer and the CLI share: seeding, devices, data in memory, batches, building the model."""
+"""Data in memory for training and evaluation: whole splits (cropped for evaluation), the extra test sets, and
+batches (shuffled, cropped and shifted for training, composed examples' sources moved with them)."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import os
-import random
 from collections.abc import Iterator
 from typing import NamedTuple
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from capslab.build import build_dataset, build_model
+from capslab.build import build_dataset
 from capslab.data.augment import centre_crop, random_crop, random_shift
 from capslab.data.base import DataInfo, Dataset, Split
 from capslab.errors import CapslabError
-from capslab.models.base import Model
 from capslab.recipe.schema import Recipe
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)  # also every CUDA device
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CapslabError(
-            f"train.device: {name!r} asked for, but this torch has no CUDA device; use train.device=auto"
-        )
-    if name.startswith("cuda:") and int(name.split(":")[1]) >= torch.cuda.device_count():
-        raise CapslabError(
-            f"train.device: {name!r}, but this machine has {torch.cuda.device_count()} CUDA devices (cuda:0 ..); "
-            f"use train.device=auto or cuda:0"
-        )
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise CapslabError("train.device: 'mps' asked for, but it is not available; use train.device=auto")
-    return torch.device(name)
 
 
 def load_split(dataset: Dataset, split: str, limit: int | None = None, crop: int | None = None) -> Split:
@@ -54,51 +27,6 @@ def load_split(dataset: Dataset, split: str, limit: int | None = None, crop: int
         sources = centre_crop(data.sources, crop).contiguous() if data.sources is not None else None
         data = Split(centre_crop(data.images, crop).contiguous(), data.labels, sources)
     return data
-
-
-def check_fits(recipe: Recipe, info: DataInfo) -> None:
-    """One line for settings that pass the schema but make no sense for these images."""
-    side = min(info.height, info.width)
-    if recipe.train.shift >= side:
-        raise CapslabError(
-            f"train.shift: {recipe.train.shift} px moves every {info.height}x{info.width} image out of frame; "
-            f"use less than {side} (the paper: 2)"
-        )
-
-
-def memory_needed(params: int) -> int:
-    """Bytes that training a model of ``params`` float32 parameters takes at least: weights, gradients and
-    Adam's two moments (activations come on top)."""
-    return 16 * params
-
-
-def available_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def input_info(recipe: Recipe, info: DataInfo) -> DataInfo:
-    """What the model sees: the dataset's images, or their train.crop x train.crop crops."""
-    crop = recipe.train.crop
-    if crop is None:
-        return info
-    if crop > min(info.height, info.width):
-        raise CapslabError(
-            f"train.crop: {crop} is larger than {recipe.data.name}'s {info.height}x{info.width} images; "
-            f"use at most {min(info.height, info.width)}"
-        )
-    return dataclasses.replace(info, height=crop, width=crop)
-
-
-def make_model(recipe: Recipe, info: DataInfo) -> Model:
-    """The recipe's model for a dataset with ``info`` (the crop size, when the recipe crops)."""
-    info = input_info(recipe, info)
-    return build_model(recipe.model.as_dict(), info, recipe.routing.as_dict(), recipe.squash.as_dict())
-
-
-def make_dataset(recipe: Recipe) -> Dataset:
-    return build_dataset(recipe.data.as_dict())
 
 
 def extra_test_sets(recipe: Recipe, info: DataInfo) -> dict[str, Split]:
@@ -161,12 +89,3 @@ def train_batches(
 def eval_batches(data: Split, batch_size: int) -> Iterator[Batch]:
     for start in range(0, len(data), batch_size):
         yield _batch(data, slice(start, start + batch_size))
-
-
-def correct(scores: Tensor, targets: Tensor) -> int:
-    """Examples whose top-k classes are exactly their k labels (k = 1 for class indices)."""
-    if targets.dim() == 1:
-        return int((scores.argmax(1) == targets).sum())
-    k = int(targets.sum(1).max())
-    hits = targets.gather(1, scores.topk(k, dim=1).indices).sum(1)  # (B,) labels among the top k
-    return int((hits == targets.sum(1)).sum())
