@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -44,10 +43,11 @@ print(json.dumps(out))
 
 
 def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
+    import torch
+
+    from capslab.train.setup import device_name
+
+    return device_name(torch.device("cpu")).rsplit(" (", 1)[0]
 
 
 def main() -> None:

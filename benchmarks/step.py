@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -33,6 +32,7 @@ import torch
 
 import capslab
 from capslab.routing import backends
+from capslab.train.setup import device_name
 
 ROOT = Path(__file__).resolve().parent
 
@@ -88,13 +88,7 @@ def cpu_has_bf16() -> bool:
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+    return device_name(torch.device("cpu")).rsplit(" (", 1)[0]
 
 
 def status_kb(field: str) -> int:

@@ -195,6 +195,9 @@ def test_extra_test_sets_get_their_own_column():
     table = markdown_table(rows)
     assert "| variant | seeds | paper error % | test error % | affnist error % |" in table
     assert "| caps | 2 | 21 | 1.50 ± 0.71 | 21.00 ± 1.41 |" in table
+    assert "different devices" not in table
+    mixed = aggregate([{**runs[0], "device": "NVIDIA A100"}, {**runs[1], "variant": "b", "device": "Xeon (2 threads)"}])
+    assert "Runs on different devices (NVIDIA A100; Xeon (2 threads)): the img/s" in markdown_table(mixed)
 
 
 def test_a_typo_in_a_variant_is_placed_at_that_variant(tmp_path):

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from capslab.cli.common import out, user_errors
 from capslab.compare import load_compare, run_compare
-from capslab.compare.results import aggregate, table_cells, table_columns
+from capslab.compare.results import aggregate, device_note, table_cells, table_columns
 from capslab.errors import CapslabError
 
 
@@ -51,6 +51,9 @@ def compare(
     for row in rows:
         table.add_row(*table_cells(row, rows))
     out.print(table)
+    note = device_note(rows)
+    if note:
+        out.print(note)
     out.print("written: " + ", ".join(str(p) for p in paths.values()))
 
 

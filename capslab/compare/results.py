@@ -30,6 +30,7 @@ class VariantRow:
     mean: dict[str, float] = field(default_factory=dict)
     std: dict[str, float] = field(default_factory=dict)  # sample std (n - 1); nan with one seed
     paper: str = ""  # the published number the variant reproduces, if the comparison gives one
+    devices: list[str] = field(default_factory=list)  # what its runs ran on (compare/worker.py: device_name)
 
     def cell(self, key: str, fmt: str) -> str:
         m = self.mean.get(key, math.nan)
@@ -58,6 +59,7 @@ def aggregate(runs: Sequence[dict]) -> list[VariantRow]:
         )
     for name, row in rows.items():
         mine = [r for r in runs if r["variant"] == name]
+        row.devices = sorted({str(r["device"]) for r in mine if r.get("device")})
         for key, _, _ in metrics_of(runs):
             values = [float(r[key]) for r in mine if r.get(key) is not None and not math.isnan(float(r[key]))]
             row.mean[key] = mean(values) if values else math.nan
@@ -102,4 +104,18 @@ def markdown_table(rows: list[VariantRow]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         lines.append("| " + " | ".join(table_cells(row, rows)) + " |")
-    return "\n".join(lines)
+    note = device_note(rows)
+    return "\n".join(lines) + (f"\n\n{note}" if note else "")
+
+
+def device_note(rows: Sequence[VariantRow]) -> str:
+    """Where the runs ran; a warning when they ran on different devices, whose speeds do not compare."""
+    devices = sorted({d for r in rows for d in r.devices})
+    if not devices:
+        return ""
+    if len(devices) == 1:
+        return f"All runs on {devices[0]}."
+    return (
+        f"Runs on different devices ({'; '.join(devices)}): the img/s, memory and wall-time columns do not "
+        f"compare across them."
+    )

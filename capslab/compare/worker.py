@@ -23,7 +23,7 @@ from capslab.train import checkpoint as ckpt
 from capslab.train import evaluate, load_checkpoint_model, resolve_checkpoint, train
 from capslab.train.data import load_split
 from capslab.train.report import read_metrics
-from capslab.train.setup import make_dataset, resolve_device
+from capslab.train.setup import device_name, make_dataset, resolve_device
 
 
 def synchronize(device: torch.device) -> None:
@@ -81,7 +81,7 @@ def run(run_dir: Path) -> dict:
         "infer_img_s": inference_img_s(run_dir, recipe, device),
         "peak_memory_mb": peak_memory_mb(device),
         "wall_s": final.get("elapsed_s", wall),
-        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        "device": device_name(device),
         **{k: 100 * v for k, v in final.items() if k.startswith("test_error@")},  # the test_also sets
     }
     tmp = run_dir / (SUMMARY + ".tmp")

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import platform
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -83,3 +85,18 @@ def check_fits(recipe: Recipe, info: DataInfo) -> None:
             f"train.shift: {recipe.train.shift} px moves every {info.height}x{info.width} image out of frame; "
             f"use less than {side} (the paper: 2)"
         )
+
+
+def device_name(device: torch.device) -> str:
+    """What a run ran on, for results tables: the GPU's model, or the CPU's model name and its threads."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model} ({torch.get_num_threads()} threads)" if device.type == "cpu" else f"{device.type}: {model}"
