@@ -49,7 +49,7 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path):
     run_dir = tmp_path / "killed"
     kills = 0
     first = [*CLI, "train", "recipes/quickstart.yaml", *ARGS, "--run-dir", str(run_dir)]
-    for attempt in range(40):
+    for _ in range(40):
         resuming = (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").glob("step-*"))
         cmd = [*CLI, "train", "--resume", str(run_dir)] if resuming else first
         if not resuming and run_dir.exists():
