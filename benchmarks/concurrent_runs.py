@@ -1,6 +1,6 @@
 """Training throughput of N runs at once, one thread each: what `capslab compare --jobs N` sees.
 
-    python benchmarks/concurrent.py [--jobs 2] [--steps 10] [--batch 32]
+    python benchmarks/concurrent_runs.py [--jobs 2] [--steps 10] [--batch 32]
 
 Starts N processes together (OMP_NUM_THREADS=1 each), each timing ``--steps`` CapsNet training steps
 (Conv1 64, 16 primary types, dynamic routing, margin + reconstruction, Adam) after three warm-up steps,
