@@ -23,6 +23,7 @@ from capslab.data import (
 )
 from capslab.errors import CapslabError, CheckpointError, DataError, PluginError, UnknownNameError
 from capslab.layers import ClassCapsules, MaskedDecoder, PrimaryCapsules, compute_votes
+from capslab.loggers import Logger, LoggerParams
 from capslab.losses import Loss, ReconstructionParams, multi_hot, reconstruction_loss
 from capslab.models import BuildContext, Model, ModelOutput
 from capslab.params import Component, Params, PositiveInt
@@ -63,6 +64,8 @@ __all__ = [
     "DataInfo",
     "Dataset",
     "DatasetParams",
+    "Logger",
+    "LoggerParams",
     "Loss",
     "MaskedDecoder",
     "Model",

@@ -44,6 +44,11 @@ def register_models(register: Register) -> None:
     """Register :class:`capslab.Model` subclasses."""
 
 
+@_spec
+def register_loggers(register: Register) -> None:
+    """Register :class:`capslab.Logger` subclasses."""
+
+
 # hook name -> registry kind (singular, as recipes and `capslab plugins` say it)
 KINDS = {
     "register_routings": "routing",
@@ -51,4 +56,5 @@ KINDS = {
     "register_losses": "loss",
     "register_datasets": "dataset",
     "register_models": "model",
+    "register_loggers": "logger",
 }

@@ -158,14 +158,19 @@ def parse_recipe(
         section = data.get(key, Recipe.model_fields[key].default)
         problems += _resolve(key, kind, section, at, resolved)
     problems += _check_compatible(resolved, at)
-    extra_tests = data.get("test_also") or []
-    for i, section in enumerate(extra_tests if isinstance(extra_tests, list) else []):
-        problems += _resolve(f"test_also.{i}", "dataset", section, at, resolved)
+    for key, kind in LISTS.items():
+        sections = data.get(key) or []
+        for i, section in enumerate(sections if isinstance(sections, list) else []):
+            problems += _resolve(f"{key}.{i}", kind, section, at, resolved)
     if problems or recipe is None:
         raise RecipeError(sorted(problems, key=_file_order))
     update: dict[str, Any] = {k: Section.model_validate(v) for k, v in resolved.items() if k in COMPONENTS}
-    update["test_also"] = [Section.model_validate(resolved[f"test_also.{i}"]) for i in range(len(recipe.test_also))]
+    for key in LISTS:
+        update[key] = [Section.model_validate(resolved[f"{key}.{i}"]) for i in range(len(getattr(recipe, key)))]
     return recipe.model_copy(update=update)
+
+
+LISTS = {"test_also": "dataset", "loggers": "logger"}  # recipe keys holding lists of component sections
 
 
 def _resolve(key: str, kind: str, raw: Any, at: Locator, resolved: dict[str, dict[str, Any]]) -> list[Problem]:

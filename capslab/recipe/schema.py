@@ -114,6 +114,8 @@ class Recipe(Params):
     # more test sets, each evaluated at every evaluation as test_error@<name> (e.g. affNIST for a model trained
     # on expanded MNIST); dataset sections like ``data``, whose images the model must take as they are
     test_also: list[Section] = []
+    # trackers besides metrics.jsonl (always written): logger sections, e.g. [tensorboard]
+    loggers: list[Section] = []
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (what recipe.yaml and checkpoint metadata hold)."""

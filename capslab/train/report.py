@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,9 @@ class MetricsLog:
     """Appends records to metrics.jsonl; on resume, drops records past the checkpoint's step first
     (they belong to the interrupted tail of the run that is about to be redone)."""
 
-    def __init__(self, path: Path, resume_step: int | None = None):
+    def __init__(self, path: Path, resume_step: int | None = None, loggers: Sequence[Any] = ()):
         self.path = path
+        self.loggers = list(loggers)  # capslab.Logger plugins: each record, figure and the recipe also go there
         if resume_step is not None and path.is_file():
             keep = [
                 line
@@ -53,8 +55,24 @@ class MetricsLog:
 
     def write(self, record: dict[str, Any]) -> None:
         """One JSON line; a NaN or infinite value is written as null (bare NaN is not JSON)."""
+        record = finite_or_null(record)
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(finite_or_null(record), allow_nan=False) + "\n")
+            f.write(json.dumps(record, allow_nan=False) + "\n")
+        for logger in self.loggers:
+            logger.log(record)
+
+    def params(self, recipe: dict[str, Any]) -> None:
+        for logger in self.loggers:
+            logger.log_params(recipe)
+
+    def image(self, name: str, path: Path, step: int) -> None:
+        if path.is_file():
+            for logger in self.loggers:
+                logger.log_image(name, path, step)
+
+    def close(self) -> None:
+        for logger in self.loggers:
+            logger.close()
 
 
 def finite_or_null(value: Any) -> Any:

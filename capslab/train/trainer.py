@@ -10,6 +10,7 @@ with the torch / numpy / python RNG states, so a resumed run repeats a straight 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from capslab.build import build_loss
+from capslab.build import build, build_loss
 from capslab.recipe.loader import dump_recipe
 from capslab.recipe.schema import Recipe
 from capslab.routing import backends
@@ -76,125 +77,132 @@ def _train(recipe: Recipe, run_dir: Path, resume: Path | None, console: Console 
         run_dir / "recipe.yaml",
         header=f"resolved recipe of this run; rerun: capslab train {run_dir / 'recipe.yaml'}",
     )
-    log = MetricsLog(run_dir / "metrics.jsonl", resume_step=counters.step if resume is not None else None)
-
-    per_epoch = steps_per_epoch(len(train_set), cfg.batch_size)
-    total_steps = per_epoch * cfg.epochs
-    console.print(
-        f"[bold]capslab train[/] {recipe.model.name} + {recipe.routing.name} routing on "
-        f"{recipe.data.name} ({len(train_set)} train / {len(test_set)} test), {cfg.epochs} epochs of "
-        f"{per_epoch} steps, device {device}; run dir {run_dir}",
-        highlight=False,
-        soft_wrap=True,
+    loggers = [build("logger", section.as_dict(), run_dir) for section in recipe.loggers]
+    log = MetricsLog(
+        run_dir / "metrics.jsonl", resume_step=counters.step if resume is not None else None, loggers=loggers
     )
-    if counters.epoch >= cfg.epochs:
-        console.print(f"already trained {counters.epoch} epochs; raise train.epochs to continue")
-    record: dict[str, Any] = {}
-    guard = DivergenceGuard(cfg.nonfinite, cfg.max_skipped, run_dir)
-    guard.skipped = int(counters.extra.get("skipped_steps", 0))
-
-    def log_window(window: Meter, lr: float, ips: float, epoch: float) -> Meter:
-        """One train record of the steps since the last one; returns a fresh window."""
-        log.write(
-            {
-                "kind": "train",
-                "step": counters.step,
-                "lr": lr,
-                "loss": window.loss,
-                "accuracy": window.accuracy,
-                "img_per_s": round(ips, 1),
-                "epoch": round(epoch, 4),
-            }
+    log.params(recipe.to_dict())
+    with contextlib.closing(log):  # the trackers are flushed and closed however the run ends
+        per_epoch = steps_per_epoch(len(train_set), cfg.batch_size)
+        total_steps = per_epoch * cfg.epochs
+        console.print(
+            f"[bold]capslab train[/] {recipe.model.name} + {recipe.routing.name} routing on "
+            f"{recipe.data.name} ({len(train_set)} train / {len(test_set)} test), {cfg.epochs} epochs of "
+            f"{per_epoch} steps, device {device}; run dir {run_dir}",
+            highlight=False,
+            soft_wrap=True,
         )
-        return Meter()
+        if counters.epoch >= cfg.epochs:
+            console.print(f"already trained {counters.epoch} epochs; raise train.epochs to continue")
+        record: dict[str, Any] = {}
+        guard = DivergenceGuard(cfg.nonfinite, cfg.max_skipped, run_dir)
+        guard.skipped = int(counters.extra.get("skipped_steps", 0))
 
-    with make_progress(console) as progress:
-        task = progress.add_task(
-            "train",
-            total=total_steps,
-            completed=counters.step,
-            epoch=f"{counters.epoch + 1}/{cfg.epochs}",
-            loss=0.0,
-            acc=0.0,
-            ips=0.0,
-        )
-        for epoch in range(counters.epoch, cfg.epochs):
-            model.train()
-            t0 = time.perf_counter()
-            epoch_meter, window = Meter(), Meter()  # this epoch; the steps since the last log record
-            for images, targets, sources in train_batches(train_set, cfg.batch_size, cfg.shift, generator, cfg.crop):
-                images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-                sources = sources.to(device, non_blocking=True) if sources is not None else None
-                if cfg.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                lr = lr_at(counters.step, recipe.optimizer.lr, recipe.scheduler, total_steps)
-                set_lr(optimizer, lr)
-                with autocast(device, cfg.bf16):
-                    out = forward(images, targets)  # targets mask the decoder's input while training
-                    loss = total_loss(out, images, targets, loss_fn, recipe.reconstruction, counters.step, sources)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if guard.skip(loss, model, counters.step + 1, epoch + 1):  # NaN / inf: this update is dropped
-                    counters.extra["skipped_steps"] = guard.skipped
-                    progress.update(task, advance=1)
-                    continue
-                optimizer.step()
-                counters.step += 1
-
-                batch = (len(targets), loss.item(), correct(out.scores.detach().float(), targets))
-                epoch_meter.add(*batch)
-                window.add(*batch)
-                ips = epoch_meter.n / (time.perf_counter() - t0)
-                progress.update(task, advance=1, loss=epoch_meter.loss, acc=epoch_meter.accuracy, ips=ips)
-                if counters.step % cfg.log_every == 0:
-                    window = log_window(window, lr, ips, epoch + epoch_meter.n / len(train_set))
-            if window.n:  # at least one train record per epoch, however large log_every is
-                window = log_window(window, lr, ips, epoch + epoch_meter.n / len(train_set))
-            train_s = time.perf_counter() - t0
-
-            # evaluate on the held-out split, then record, draw and checkpoint
-            test = evaluate(
-                model,
-                test_set,
-                device=device,
-                batch_size=cfg.eval_batch_size,
-                loss_fn=loss_fn,
-                recon=recipe.reconstruction,
-                step=counters.step,
-                bf16=cfg.bf16,
-                channels_last=cfg.channels_last,
-                diagnostics=recipe.diagnostics,
+        def log_window(window: Meter, lr: float, ips: float, epoch: float) -> Meter:
+            """One train record of the steps since the last one; returns a fresh window."""
+            log.write(
+                {
+                    "kind": "train",
+                    "step": counters.step,
+                    "lr": lr,
+                    "loss": window.loss,
+                    "accuracy": window.accuracy,
+                    "img_per_s": round(ips, 1),
+                    "epoch": round(epoch, 4),
+                }
             )
-            counters.epoch = epoch + 1
-            counters.elapsed_s += time.perf_counter() - t0
-            record = {
-                "kind": "eval",
-                "step": counters.step,
-                "epoch": counters.epoch,
-                "lr": lr,
-                "train_loss": epoch_meter.loss,
-                "train_accuracy": epoch_meter.accuracy,
-                "test_loss": test.pop("loss"),
-                "test_accuracy": test.pop("accuracy"),
-                "test_error": test.pop("error"),
-                "img_per_s": round(epoch_meter.n / train_s, 1),
-                "epoch_s": round(time.perf_counter() - t0, 2),
-                "elapsed_s": round(counters.elapsed_s, 2),
-                **({"skipped_steps": guard.skipped} if guard.skipped else {}),
-                **{k: v for k, v in test.items() if k != "examples"},
-            }
-            for name, split in also.items():
-                extra = evaluate(model, split, device=device, batch_size=cfg.eval_batch_size, bf16=cfg.bf16)
-                record[f"test_error@{name}"] = extra["error"]
-            log.write(record)
-            progress.console.print(epoch_line(record, cfg.epochs), highlight=False, soft_wrap=True)
-            save_reconstructions(model, test_set, run_dir / "reconstructions.png", device)
-            save_run(run_dir, recipe, model, optimizer, generator, counters, record)
-            progress.update(task, epoch=f"{min(counters.epoch + 1, cfg.epochs)}/{cfg.epochs}")
-            if cfg.stop_at_accuracy is not None and record["test_accuracy"] >= cfg.stop_at_accuracy:
-                progress.console.print(
-                    f"stopped: test accuracy {record['test_accuracy']:.2%} reached train.stop_at_accuracy "
-                    f"{cfg.stop_at_accuracy:.2%} after epoch {counters.epoch}"
+            return Meter()
+
+        with make_progress(console) as progress:
+            task = progress.add_task(
+                "train",
+                total=total_steps,
+                completed=counters.step,
+                epoch=f"{counters.epoch + 1}/{cfg.epochs}",
+                loss=0.0,
+                acc=0.0,
+                ips=0.0,
+            )
+            for epoch in range(counters.epoch, cfg.epochs):
+                model.train()
+                t0 = time.perf_counter()
+                epoch_meter, window = Meter(), Meter()  # this epoch; the steps since the last log record
+                for images, targets, sources in train_batches(
+                    train_set, cfg.batch_size, cfg.shift, generator, cfg.crop
+                ):
+                    images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+                    sources = sources.to(device, non_blocking=True) if sources is not None else None
+                    if cfg.channels_last:
+                        images = images.contiguous(memory_format=torch.channels_last)
+                    lr = lr_at(counters.step, recipe.optimizer.lr, recipe.scheduler, total_steps)
+                    set_lr(optimizer, lr)
+                    with autocast(device, cfg.bf16):
+                        out = forward(images, targets)  # targets mask the decoder's input while training
+                        loss = total_loss(out, images, targets, loss_fn, recipe.reconstruction, counters.step, sources)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if guard.skip(loss, model, counters.step + 1, epoch + 1):  # NaN / inf: this update is dropped
+                        counters.extra["skipped_steps"] = guard.skipped
+                        progress.update(task, advance=1)
+                        continue
+                    optimizer.step()
+                    counters.step += 1
+
+                    batch = (len(targets), loss.item(), correct(out.scores.detach().float(), targets))
+                    epoch_meter.add(*batch)
+                    window.add(*batch)
+                    ips = epoch_meter.n / (time.perf_counter() - t0)
+                    progress.update(task, advance=1, loss=epoch_meter.loss, acc=epoch_meter.accuracy, ips=ips)
+                    if counters.step % cfg.log_every == 0:
+                        window = log_window(window, lr, ips, epoch + epoch_meter.n / len(train_set))
+                if window.n:  # at least one train record per epoch, however large log_every is
+                    window = log_window(window, lr, ips, epoch + epoch_meter.n / len(train_set))
+                train_s = time.perf_counter() - t0
+
+                # evaluate on the held-out split, then record, draw and checkpoint
+                test = evaluate(
+                    model,
+                    test_set,
+                    device=device,
+                    batch_size=cfg.eval_batch_size,
+                    loss_fn=loss_fn,
+                    recon=recipe.reconstruction,
+                    step=counters.step,
+                    bf16=cfg.bf16,
+                    channels_last=cfg.channels_last,
+                    diagnostics=recipe.diagnostics,
                 )
-                break
-    return record
+                counters.epoch = epoch + 1
+                counters.elapsed_s += time.perf_counter() - t0
+                record = {
+                    "kind": "eval",
+                    "step": counters.step,
+                    "epoch": counters.epoch,
+                    "lr": lr,
+                    "train_loss": epoch_meter.loss,
+                    "train_accuracy": epoch_meter.accuracy,
+                    "test_loss": test.pop("loss"),
+                    "test_accuracy": test.pop("accuracy"),
+                    "test_error": test.pop("error"),
+                    "img_per_s": round(epoch_meter.n / train_s, 1),
+                    "epoch_s": round(time.perf_counter() - t0, 2),
+                    "elapsed_s": round(counters.elapsed_s, 2),
+                    **({"skipped_steps": guard.skipped} if guard.skipped else {}),
+                    **{k: v for k, v in test.items() if k != "examples"},
+                }
+                for name, split in also.items():
+                    extra = evaluate(model, split, device=device, batch_size=cfg.eval_batch_size, bf16=cfg.bf16)
+                    record[f"test_error@{name}"] = extra["error"]
+                log.write(record)
+                progress.console.print(epoch_line(record, cfg.epochs), highlight=False, soft_wrap=True)
+                if save_reconstructions(model, test_set, run_dir / "reconstructions.png", device):
+                    log.image("reconstructions", run_dir / "reconstructions.png", counters.step)
+                save_run(run_dir, recipe, model, optimizer, generator, counters, record)
+                progress.update(task, epoch=f"{min(counters.epoch + 1, cfg.epochs)}/{cfg.epochs}")
+                if cfg.stop_at_accuracy is not None and record["test_accuracy"] >= cfg.stop_at_accuracy:
+                    progress.console.print(
+                        f"stopped: test accuracy {record['test_accuracy']:.2%} reached train.stop_at_accuracy "
+                        f"{cfg.stop_at_accuracy:.2%} after epoch {counters.epoch}"
+                    )
+                    break
+        return record
