@@ -168,8 +168,31 @@ def timed(fn, device: torch.device, clock=time.perf_counter) -> float:
     return clock() - t0
 
 
+def step_flops(s: Setup) -> float:
+    """Multiply-add FLOPs (x2) of one training step of ``s`` (forward + backward), counted by
+    torch.utils.flop_counter on the reference routing loop: the same algorithm as the compiled kernel, in
+    operators the counter sees. Convolutions and matrix products only (the FLOP bound's own terms)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with backends.use("reference"), FlopCounterMode(display=False) as counter:
+        out = s.model(s.x, s.y)
+        loss = s.loss(out.scores, s.y) + capslab.reconstruction_loss(out.reconstruction, s.x)
+        loss.backward()
+    s.model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def matmul_gflops(device: torch.device, n: int = 2048, reps: int = 5) -> float:
+    """The machine's fp32 matrix-product rate on this process's threads: the median of ``reps`` n x n products."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b  # warm-up
+    times = [timed(lambda: a @ b, device) for _ in range(reps)]
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
 def measure(variant: str, args, device: torch.device) -> dict:
     s = Setup(variant, args.batch, device, args.adam)
+    flops = step_flops(s) / args.batch  # per image
     for _ in range(args.warmup):
         s.floor(), s.step(), s.infer()
     floor, step, infer, ratios = [], [], [], []
@@ -180,7 +203,13 @@ def measure(variant: str, args, device: torch.device) -> dict:
         infer.append(timed(s.infer, device, clock))
         ratios.append(floor[-1] / step[-1])
     f, st, inf = (statistics.median(v) for v in (floor, step, infer))
+    gflops = matmul_gflops(device)
+    bound = gflops * 1e9 / flops  # img/s if every FLOP ran at the matmul rate
     return {
+        "gflop_per_image": flops / 1e9,
+        "matmul_gflops": gflops,
+        "flop_bound_img_s": bound,
+        "flop_bound_fraction": (args.batch / st) / bound,
         "floor_s": f,
         "step_s": st,
         "infer_s": inf,
@@ -303,7 +332,9 @@ def main(argv=None) -> None:
         mem = f", peak {r['peak_rss_mb']:.0f} MB RSS" if "peak_rss_mb" in r else ""
         print(
             f"{v:8s} floor {r['floor_s']:.3f} s ({r['floor_img_s']:.0f} img/s)  step {r['step_s']:.3f} s "
-            f"({r['train_img_s']:.0f} img/s)  ratio {r['ratio']:.3f}  inference {r['infer_img_s']:.0f} img/s{mem}",
+            f"({r['train_img_s']:.0f} img/s)  ratio {r['ratio']:.3f}  inference {r['infer_img_s']:.0f} img/s{mem}  "
+            f"FLOP bound {r['flop_bound_img_s']:.0f} img/s ({r['gflop_per_image']:.2f} GFLOP/img at "
+            f"{r['matmul_gflops']:.0f} GFLOP/s), fraction {r['flop_bound_fraction']:.2f}",
             flush=True,
         )
     report["loadavg_after"] = os.getloadavg()
