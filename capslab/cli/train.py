@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -45,9 +48,32 @@ def train(
         Path | None,
         typer.Option("--run-dir", metavar="DIR", help="where the run goes (default runs/<recipe>-<timestamp>)"),
     ] = None,
+    nproc: Annotated[
+        int,
+        typer.Option("--nproc", min=1, help="data-parallel processes on this machine (torchrun; one per GPU)"),
+    ] = 1,
 ) -> None:
     """Train a recipe; each epoch is evaluated, logged to metrics.jsonl and checkpointed."""
     recipe_arg, overrides = split_args(args or [])
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:  # start torchrun, which starts this command once per process
+        target = run_dir or resume or Path("runs") / f"{find_recipe(recipe_arg).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            str(nproc),
+            "-m",
+            "capslab",
+            "train",
+            *(args or []),
+            "--run-dir",
+            str(target),
+        ]
+        if resume is not None:
+            cmd += ["--resume", str(resume)]
+        raise typer.Exit(subprocess.run(cmd).returncode)
     ckpt_dir = None
     if resume is not None:
         ckpt_dir = ckpt.resolve_checkpoint(resume, verify=True)  # the newest intact checkpoint
@@ -74,7 +100,7 @@ def train(
     except KeyboardInterrupt:
         out.print(f"\ninterrupted; continue from the last finished epoch with: capslab train --resume {run_dir}")
         raise typer.Exit(130) from None
-    if record:
+    if record and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
         out.print(
             f"[bold]done[/]: test accuracy {record['test_accuracy']:.2%} (error {record['test_error']:.2%}) "
             f"after {record['epoch']} epochs, {record['elapsed_s']:.0f} s. Run: {run_dir} "

@@ -38,10 +38,10 @@ class MetricsLog:
     """Appends records to metrics.jsonl; on resume, drops records past the checkpoint's step first
     (they belong to the interrupted tail of the run that is about to be redone)."""
 
-    def __init__(self, path: Path, resume_step: int | None = None, loggers: Sequence[Any] = ()):
-        self.path = path
+    def __init__(self, path: Path | None, resume_step: int | None = None, loggers: Sequence[Any] = ()):
+        self.path = path  # None: records go nowhere (a data-parallel rank other than 0)
         self.loggers = list(loggers)  # capslab.Logger plugins: each record, figure and the recipe also go there
-        if resume_step is not None and path.is_file():
+        if path is not None and resume_step is not None and path.is_file():
             keep = [
                 line
                 for line in path.read_text(encoding="utf-8").splitlines()
@@ -50,12 +50,14 @@ class MetricsLog:
             tmp = path.with_name(f".{path.name}.tmp")
             tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
             os.replace(tmp, path)
-        elif resume_step is None and path.exists():
+        elif path is not None and resume_step is None and path.exists():
             path.unlink()
 
     def write(self, record: dict[str, Any]) -> None:
         """One JSON line; a NaN or infinite value is written as null (bare NaN is not JSON)."""
         record = finite_or_null(record)
+        if self.path is None:
+            return
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, allow_nan=False) + "\n")
         for logger in self.loggers:

@@ -11,6 +11,7 @@ with the torch / numpy / python RNG states, so a resumed run repeats a straight 
 from __future__ import annotations
 
 import contextlib
+import io
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from capslab.build import build, build_loss
 from capslab.recipe.loader import dump_recipe
 from capslab.recipe.schema import Recipe
 from capslab.routing import backends
+from capslab.train import distributed
 from capslab.train.data import extra_test_sets, load_split, steps_per_epoch, train_batches
 from capslab.train.divergence import DivergenceGuard
 from capslab.train.evaluate import autocast, evaluate
@@ -40,18 +42,26 @@ def train(
 
     Returns the last evaluation record (what metrics.jsonl holds for it).
     """
-    with backends.use(recipe.train.routing_backend):  # the debugging switch of capslab.routing.backends
-        return _train(recipe, Path(run_dir), resume, console)
+    dist = distributed.from_env(recipe.train.device)  # torchrun's process group, or one process
+    try:
+        with backends.use(recipe.train.routing_backend):  # the debugging switch of capslab.routing.backends
+            return _train(recipe, Path(run_dir), resume, console, dist)
+    finally:
+        distributed.close(dist)
 
 
-def _train(recipe: Recipe, run_dir: Path, resume: Path | None, console: Console | None) -> dict[str, Any]:
+def _train(
+    recipe: Recipe, run_dir: Path, resume: Path | None, console: Console | None, dist: distributed.Dist
+) -> dict[str, Any]:
     cfg = recipe.train
     console = console or Console(stderr=True)
+    if not dist.main:  # rank 0 reports; the others train in silence
+        console = Console(file=io.StringIO())
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(recipe.seed)
-    device = resolve_device(cfg.device)
+    device = distributed.device_for(dist, resolve_device(cfg.device))
 
     # data: whole splits in memory as uint8; each batch is cut, shifted and moved to the device
     dataset = make_dataset(recipe)
@@ -64,7 +74,8 @@ def _train(recipe: Recipe, run_dir: Path, resume: Path | None, console: Console 
     model = make_model(recipe, dataset.info).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub lacks it
-    forward = torch.compile(model) if cfg.compile else model  # checkpoints always save the plain `model`
+    wrapped = distributed.wrap(model, dist, device)  # DistributedDataParallel under torchrun
+    forward = torch.compile(wrapped) if cfg.compile else wrapped  # checkpoints always save the plain `model`
     loss_fn = build_loss(recipe.loss.as_dict()).to(device)
     optimizer = build_optimizer(model, recipe.optimizer)
     generator = torch.Generator().manual_seed(recipe.seed)  # batch order and shifts
@@ -72,14 +83,17 @@ def _train(recipe: Recipe, run_dir: Path, resume: Path | None, console: Console 
     counters = Counters()
     if resume is not None:
         counters = restore_run(resume, recipe, model, optimizer, generator)
-    dump_recipe(
-        recipe,
-        run_dir / "recipe.yaml",
-        header=f"resolved recipe of this run; rerun: capslab train {run_dir / 'recipe.yaml'}",
-    )
-    loggers = [build("logger", section.as_dict(), run_dir) for section in recipe.loggers]
+    if dist.main:
+        dump_recipe(
+            recipe,
+            run_dir / "recipe.yaml",
+            header=f"resolved recipe of this run; rerun: capslab train {run_dir / 'recipe.yaml'}",
+        )
+    loggers = [build("logger", section.as_dict(), run_dir) for section in recipe.loggers] if dist.main else []
     log = MetricsLog(
-        run_dir / "metrics.jsonl", resume_step=counters.step if resume is not None else None, loggers=loggers
+        run_dir / "metrics.jsonl" if dist.main else None,
+        resume_step=counters.step if resume is not None else None,
+        loggers=loggers,
     )
     log.params(recipe.to_dict())
     with contextlib.closing(log):  # the trackers are flushed and closed however the run ends
@@ -130,6 +144,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: Path | None, console: Console 
                 for images, targets, sources in train_batches(
                     train_set, cfg.batch_size, cfg.shift, generator, cfg.crop
                 ):
+                    images, targets, sources, share = distributed.shard(dist, images, targets, sources)
                     images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
                     sources = sources.to(device, non_blocking=True) if sources is not None else None
                     if cfg.channels_last:
@@ -140,7 +155,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: Path | None, console: Console 
                         out = forward(images, targets)  # targets mask the decoder's input while training
                         loss = total_loss(out, images, targets, loss_fn, recipe.reconstruction, counters.step, sources)
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    (loss * share if share != 1.0 else loss).backward()  # DDP averages the ranks' gradients
                     if guard.skip(loss, model, counters.step + 1, epoch + 1):  # NaN / inf: this update is dropped
                         counters.extra["skipped_steps"] = guard.skipped
                         progress.update(task, advance=1)
@@ -195,9 +210,10 @@ def _train(recipe: Recipe, run_dir: Path, resume: Path | None, console: Console 
                     record[f"test_error@{name}"] = extra["error"]
                 log.write(record)
                 progress.console.print(epoch_line(record, cfg.epochs), highlight=False, soft_wrap=True)
-                if save_reconstructions(model, test_set, run_dir / "reconstructions.png", device):
-                    log.image("reconstructions", run_dir / "reconstructions.png", counters.step)
-                save_run(run_dir, recipe, model, optimizer, generator, counters, record)
+                if dist.main:  # one writer: the ranks hold the same weights
+                    if save_reconstructions(model, test_set, run_dir / "reconstructions.png", device):
+                        log.image("reconstructions", run_dir / "reconstructions.png", counters.step)
+                    save_run(run_dir, recipe, model, optimizer, generator, counters, record)
                 progress.update(task, epoch=f"{min(counters.epoch + 1, cfg.epochs)}/{cfg.epochs}")
                 if cfg.stop_at_accuracy is not None and record["test_accuracy"] >= cfg.stop_at_accuracy:
                     progress.console.print(
