@@ -22,6 +22,9 @@ def compare(
         list[str] | None, typer.Argument(help="KEY=VALUE applied to every run, e.g. data=mnist5k train.epochs=5")
     ] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="runs at once (CPU threads are split)")] = 1,
+    seeds: Annotated[
+        str | None, typer.Option("--seeds", help="comma list replacing the comparison's seeds, e.g. 0 or 0,1")
+    ] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="default runs/compare-<recipe>")] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="validate every run's recipe, list the runs, stop")
@@ -34,7 +37,11 @@ def compare(
     """
     if not recipe.is_file():
         raise CapslabError(f"{recipe}: comparison recipe not found")
-    runs = load_compare(recipe, overrides)
+    try:
+        seed_list = [int(s) for s in seeds.split(",")] if seeds else None
+    except ValueError:
+        raise CapslabError(f"--seeds {seeds!r}: a comma list of integers, e.g. 0,1,2") from None
+    runs = load_compare(recipe, overrides, seed_list)
     suffix = "-" + hashlib.sha256(" ".join(overrides).encode()).hexdigest()[:8] if overrides else ""
     out_dir = out_dir or Path("runs") / f"compare-{recipe.stem}{suffix}"
     if dry_run:

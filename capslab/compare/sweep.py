@@ -101,7 +101,9 @@ def blame(problem: str, own: list[str], common: list[str], index: int, at: Locat
     return problem
 
 
-def load_compare(path: str | Path, overrides: list[str] | None = None) -> list[PlannedRun]:
+def load_compare(
+    path: str | Path, overrides: list[str] | None = None, seeds: list[int] | None = None
+) -> list[PlannedRun]:
     """Read and validate a comparison recipe; RecipeError lists every problem of every run."""
     path = Path(path)
     data, positions = read_yaml(path)
@@ -125,7 +127,7 @@ def load_compare(path: str | Path, overrides: list[str] | None = None) -> list[P
             problems.append(at.problem(("variants",), f"two variants are both labelled {label!r}; give each a label"))
             continue
         labels.add(label)
-        for seed in spec.seeds:
+        for seed in seeds or spec.seeds:
             try:
                 recipe = parse_recipe(
                     json.loads(json.dumps(base)),
