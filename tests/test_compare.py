@@ -212,3 +212,10 @@ def test_a_typo_in_a_variant_is_placed_at_that_variant(tmp_path):
     assert f"{path}:6:5: routing.iterashuns: unknown key" in text
     assert f"{path}:7:5: train.epohcs: unknown key" in text
     assert f"{path}:4:5: train.bach_size: unknown key" in text and "<override>" not in text
+
+
+def test_seeds_can_be_replaced_from_the_command_line(tmp_path):
+    path = write(tmp_path, "base: quickstart\nvariants: [{label: a}, {label: b}]\nseeds: [0, 1, 2]\n")
+    assert [r.seed for r in load_compare(path, seeds=[7])] == [7, 7]
+    res = CliRunner().invoke(app, ["compare", str(path), "--seeds", "0,x", "--dry-run"])
+    assert res.exit_code == 2 and "--seeds '0,x'" in res.output
