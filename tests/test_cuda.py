@@ -8,7 +8,6 @@ import torch
 
 import capslab
 from capslab.routing import backends
-from capslab.routing.backends import Backend
 
 pytestmark = [
     pytest.mark.cuda,
@@ -35,7 +34,6 @@ def test_routing_on_cuda_matches_the_cpu(name):
         torch.testing.assert_close(got.poses.cpu(), want.poses)
     if name in ("dynamic", "max_min", "uniform", "random"):
         assert backends.votes_layout(routing, x.to(DEV)) is backends.VotesLayout.IBJD  # CUDA takes the fused loop
-        assert backends._fast(routing, x.to(DEV), False) is Backend.FUSED
 
 
 @pytest.mark.parametrize("name", ROUTINGS)

@@ -211,10 +211,3 @@ def route_from_weights(routing, u: Tensor, weight: Tensor, diagnostics: bool = F
 
     detach_inner = getattr(routing.params, "gradient", "all") == "detach_inner"
     return kernel.route_weights(routing, u, weight, routing.iterations, detach_inner)
-
-
-def describe(routing, u: Tensor) -> dict[str, str]:
-    """What a training step of ``routing`` on input poses ``u`` runs (for benchmarks, tests, ``inspect``)."""
-    from_weights = _fast(routing, u, False) is Backend.KERNEL
-    layout = votes_layout(routing, u)
-    return {"backend": _fast(routing, u, False).value, "votes": "never stored" if from_weights else layout.value}

@@ -22,11 +22,10 @@ def nonfinite(loss: Tensor, model: nn.Module) -> str | None:
     if not bool(torch.isfinite(loss.detach()).all()):
         return f"the loss is {float(loss.detach()):g}"
     grads = [(name, p.grad) for name, p in model.named_parameters() if p.grad is not None]
-    if grads:
-        ok = torch.stack([torch.isfinite(g).all() for _, g in grads])  # one sync for all parameters
-        if not bool(ok.all()):
-            name = grads[int((~ok).nonzero()[0])][0]
-            return f"the gradient of {name} is not finite"
+    # one fused norm over every gradient and one sync per step; a NaN or inf anywhere makes it non-finite
+    if grads and not bool(torch.isfinite(torch.nn.utils.get_total_norm([g for _, g in grads]))):
+        name = next((n for n, g in grads if not bool(torch.isfinite(g).all())), grads[0][0])
+        return f"the gradient of {name} is not finite"
     return None
 
 
