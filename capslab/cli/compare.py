@@ -1,4 +1,4 @@
-"""``capslab compare RECIPE [--jobs N] [--out DIR]``: run variants side by side, one table out."""
+"""``capslab compare RECIPE [--jobs N | --launcher ray] [--out DIR]``: run variants side by side, one table out."""
 
 from __future__ import annotations
 
@@ -21,7 +21,16 @@ def compare(
     overrides: Annotated[
         list[str] | None, typer.Argument(help="KEY=VALUE applied to every run, e.g. data=mnist5k train.epochs=5")
     ] = None,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="runs at once (CPU threads are split)")] = 1,
+    jobs: Annotated[
+        int | None,
+        typer.Option("--jobs", "-j", min=1, help="local runs at once (default: GPUs x runs-per-gpu, or 1 on a CPU)"),
+    ] = None,
+    launcher: Annotated[str, typer.Option("--launcher", help="local (this machine) or ray (a Ray cluster)")] = "local",
+    address: Annotated[
+        str | None, typer.Option("--address", help="Ray cluster address (default: start Ray on this machine)")
+    ] = None,
+    runs_per_gpu: Annotated[int, typer.Option("--runs-per-gpu", min=1, help="runs sharing each GPU")] = 1,
+    cpus_per_run: Annotated[int, typer.Option("--cpus-per-run", min=1, help="CPUs each Ray task asks for")] = 1,
     seeds: Annotated[
         str | None, typer.Option("--seeds", help="comma list replacing the comparison's seeds, e.g. 0 or 0,1")
     ] = None,
@@ -48,7 +57,15 @@ def compare(
         for run in runs:
             out.print(f"{run.key}: {run.recipe.model.name} + {run.recipe.routing.name} {run.recipe.routing.params}")
         return
-    paths = run_compare(runs, out_dir, jobs)
+    paths = run_compare(
+        runs,
+        out_dir,
+        jobs,
+        launcher=launcher,
+        address=address,
+        runs_per_gpu=runs_per_gpu,
+        cpus_per_run=cpus_per_run,
+    )
     import json
 
     rows = aggregate(json.loads(paths["json"].read_text())["runs"])

@@ -1,17 +1,14 @@
-"""Run a comparison: each run in its own process (``--jobs N`` at once), skipping finished runs."""
+"""Run a comparison: each run in its own process, placed by a launcher (local or Ray), skipping finished runs."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from rich.console import Console
 
+from capslab.compare.launch import run_local
 from capslab.compare.plots import plot_curves, plot_errors
 from capslab.compare.results import SUMMARY, aggregate, write_results
 from capslab.compare.sweep import PlannedRun
@@ -37,42 +34,47 @@ def prepare(run: PlannedRun, out_dir: Path) -> Path:
     return run_dir
 
 
-def launch(run_dir: Path, threads: int) -> int:
-    """Train one run in a child process; its output goes to RUN_DIR/train.log."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    with (run_dir / "worker.log").open("w") as log:
-        return subprocess.run(
-            [sys.executable, "-m", "capslab.compare.worker", str(run_dir)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        ).returncode
-
-
 def run_compare(
-    runs: list[PlannedRun], out_dir: Path, jobs: int = 1, console: Console | None = None
+    runs: list[PlannedRun],
+    out_dir: Path,
+    jobs: int | None = None,
+    console: Console | None = None,
+    *,
+    launcher: str = "local",
+    address: str | None = None,
+    runs_per_gpu: int = 1,
+    cpus_per_run: int = 1,
 ) -> dict[str, Path]:
+    """Train every run not finished yet (``launcher`` local or ray, see capslab/compare/launch.py), then
+    write the results table and figures of every finished run."""
+    if launcher not in ("local", "ray"):
+        raise CapslabError(f"--launcher {launcher!r}: use local or ray")
     console = console or Console(stderr=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     dirs = {run.key: prepare(run, out_dir) for run in runs}
     pending = [run for run in runs if not (dirs[run.key] / SUMMARY).exists()]
     done = len(runs) - len(pending)
+    where = f"on Ray ({address or 'local'})" if launcher == "ray" else f"{jobs or 'one per slot'} at a time"
     console.print(
-        f"[bold]capslab compare[/]: {len(runs)} runs ({done} already finished) into {out_dir}, {jobs} at a time",
+        f"[bold]capslab compare[/]: {len(runs)} runs ({done} already finished) into {out_dir}, {where}",
         highlight=False,
     )
-    threads = max(1, (os.cpu_count() or 1) // jobs)
     failed = []
 
-    def one(run: PlannedRun) -> None:
-        code = launch(dirs[run.key], threads)
-        status = "[green]done[/]" if code == 0 else f"[red]failed (exit {code}; see {dirs[run.key] / 'worker.log'})[/]"
+    def on_done(run_dir: Path, code: int, place: str) -> None:
+        key = str(run_dir.relative_to(out_dir))
+        status = "[green]done[/]" if code == 0 else f"[red]failed (exit {code}; see {run_dir / 'worker.log'})[/]"
         if code != 0:
-            failed.append(run.key)
-        console.print(f"  {run.key}: {status}", highlight=False)
+            failed.append(key)
+        console.print(f"  {key} ({place}): {status}", highlight=False)
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        list(pool.map(one, pending))
+    pending_dirs = [dirs[run.key] for run in pending]
+    if launcher == "ray":
+        from capslab.compare.ray_launcher import run_ray
+
+        run_ray(pending_dirs, out_dir, address, cpus_per_run, runs_per_gpu, on_done)
+    else:
+        run_local(pending_dirs, [run.recipe.train.device for run in pending], jobs, runs_per_gpu, on_done)
     summaries = []
     for run in runs:
         path = dirs[run.key] / SUMMARY

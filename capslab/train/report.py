@@ -72,9 +72,19 @@ class MetricsLog:
             for logger in self.loggers:
                 logger.log_image(name, path, step)
 
-    def close(self) -> None:
+    def close(self, status: str = "finished") -> None:
         for logger in self.loggers:
-            logger.close()
+            logger.close(status)
+
+    def __enter__(self) -> MetricsLog:
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        """The trackers are flushed and closed however the run ends, and told whether it failed."""
+        if exc_type is None:
+            self.close("finished")
+        else:
+            self.close("killed" if issubclass(exc_type, KeyboardInterrupt) else "failed")
 
 
 def finite_or_null(value: Any) -> Any:

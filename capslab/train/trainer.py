@@ -10,7 +10,6 @@ with the torch / numpy / python RNG states, so a resumed run repeats a straight 
 
 from __future__ import annotations
 
-import contextlib
 import io
 import time
 from pathlib import Path
@@ -96,7 +95,7 @@ def _train(
         loggers=loggers,
     )
     log.params(recipe.to_dict())
-    with contextlib.closing(log):  # the trackers are flushed and closed however the run ends
+    with log:  # the trackers are flushed and closed however the run ends
         per_epoch = steps_per_epoch(len(train_set), cfg.batch_size)
         total_steps = per_epoch * cfg.epochs
         console.print(

@@ -1,9 +1,9 @@
 """``tensorboard``: scalars, the recipe and the reconstruction figure as TensorBoard event files.
 
 Writes to ``RUN_DIR/tensorboard`` (``log_dir`` to change it): every number of each train and eval record as
-a scalar ``<kind>/<key>`` at the record's step, the resolved recipe as text (and its flat keys as
-hyperparameters), and ``reconstructions.png`` as an image. Needs the ``tensorboard`` package
-(``pip install capslab[tensorboard]``); view with ``tensorboard --logdir RUN_DIR/tensorboard``.
+a scalar ``<kind>/<key>`` at the record's step, the resolved recipe as text, and ``reconstructions.png`` as
+an image. Needs the ``tensorboard`` package (``pip install capslab[tensorboard]``); view with
+``tensorboard --logdir RUN_DIR/tensorboard``.
 """
 
 from __future__ import annotations
@@ -13,21 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import capslab
+from capslab.loggers import scalars
 
 
 class TensorBoardParams(capslab.LoggerParams):
     log_dir: str | None = None  # default: RUN_DIR/tensorboard
-
-
-def flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flat(value, name + "."))
-        else:
-            out[name] = value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
-    return out
 
 
 class TensorBoardLogger(capslab.Logger):
@@ -49,10 +39,8 @@ class TensorBoardLogger(capslab.Logger):
         self.writer.add_text("recipe", "```\n" + json.dumps(recipe, indent=2) + "\n```", 0)
 
     def log(self, record: dict[str, Any]) -> None:
-        step, kind = int(record.get("step", 0)), record.get("kind", "record")
-        for key, value in record.items():
-            if key not in ("step", "kind") and isinstance(value, (int, float)) and not isinstance(value, bool):
-                self.writer.add_scalar(f"{kind}/{key}", value, step)
+        for tag, value in scalars(record).items():
+            self.writer.add_scalar(tag, value, int(record.get("step", 0)))
 
     def log_image(self, name: str, path: Path, step: int) -> None:
         from matplotlib.image import imread
@@ -60,7 +48,7 @@ class TensorBoardLogger(capslab.Logger):
         pixels = imread(str(path))[..., :3]  # (H, W, 3) in [0, 1]
         self.writer.add_image(name, pixels, step, dataformats="HWC")
 
-    def close(self) -> None:
+    def close(self, status: str = "finished") -> None:
         self.writer.close()
 
 
