@@ -3,6 +3,10 @@ launcher's, with and without a shared filesystem."""
 
 import json
 import os
+import signal
+import threading
+import time
+from pathlib import Path
 
 import pytest
 from test_compare import TINY, write
@@ -58,18 +62,40 @@ def results(out):
     return {(r["variant"], r["seed"]): (r["test_error"], r["params"], r["epochs"]) for r in runs}
 
 
-def test_ray_runs_equal_the_local_launchers(tmp_path):
+def kill_first_worker(under: Path, killed: list[int], stop: threading.Event) -> None:
+    """SIGKILL the first training process that starts on a run under ``under`` (a lost worker)."""
+    while not stop.is_set() and not killed:
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                args = cmdline.read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"capslab.compare.worker" in args and any(str(under).encode() in a for a in args):
+                os.kill(int(cmdline.parent.name), signal.SIGKILL)
+                killed.append(int(cmdline.parent.name))
+                return
+        time.sleep(0.05)
+
+
+def test_ray_runs_equal_the_local_launchers_and_a_killed_worker_is_retried(tmp_path):
     ray = pytest.importorskip("ray")
     path = comparison(tmp_path)
     runs = load_compare(path)[:3]  # a 3-run comparison
     cores = os.cpu_count() or 1
     run_compare(runs, tmp_path / "local", jobs=cores)  # one thread per run, as each Ray task below
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    killed: list[int] = []
+    stop = threading.Event()
+    killer = threading.Thread(target=kill_first_worker, args=(tmp_path / "ray", killed, stop))
+    killer.start()
     try:
         run_compare(runs, tmp_path / "ray", launcher="ray", cpus_per_run=1)
     finally:
+        stop.set()
+        killer.join()
         ray.shutdown()
-    assert len(results(tmp_path / "ray")) == 3
+    assert killed, "no training process was seen to kill"
+    assert len(results(tmp_path / "ray")) == 3  # the killed run was retried to the end
     assert results(tmp_path / "ray") == results(tmp_path / "local")
     assert not list((tmp_path / "ray").glob(".capslab-ray-*"))  # the shared-filesystem marker is removed
 
