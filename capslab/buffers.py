@@ -25,13 +25,26 @@ def _slots() -> dict[str, Tensor]:
     return _local.slots
 
 
+def _lone_storage_refs() -> int | None:
+    """The storage use count of a tensor nothing else references, as this torch reports it: 2 on torch
+    2.13 (the query's own reference counts), 1 on torch 2.4."""
+    storage_refs = getattr(torch._C, "_storage_Use_Count", None)
+    if storage_refs is None:
+        return None
+    lone = torch.empty(1)  # kept in a variable: a temporary would be freed before the query
+    return storage_refs(lone.untyped_storage()._cdata)
+
+
+_LONE = _lone_storage_refs()
+
+
 def _unshared(t: Tensor) -> bool:
-    """True when only the pool holds t's storage (the storage query itself adds one reference)."""
+    """True when only the pool holds t's storage: no view, no detached alias (a ``.grad``), no graph."""
     storage_refs = getattr(torch._C, "_storage_Use_Count", None)  # private APIs: without them, never reuse
     impl_refs = getattr(t, "_use_count", None)
-    if storage_refs is None or impl_refs is None:
+    if storage_refs is None or impl_refs is None or _LONE is None:
         return False
-    return storage_refs(t.untyped_storage()._cdata) <= 2 and impl_refs() <= 1
+    return storage_refs(t.untyped_storage()._cdata) <= _LONE and impl_refs() <= 1
 
 
 def scratch(slot: str, shape: tuple[int, ...], like: Tensor) -> Tensor:

@@ -17,13 +17,20 @@ from capslab.errors import TrainingDiverged
 from capslab.train import checkpoint as ckpt
 
 
+def total_norm(tensors: list[Tensor]) -> Tensor:
+    """One fused 2-norm over many tensors (``torch.nn.utils.get_total_norm`` from torch 2.6 on)."""
+    if hasattr(torch.nn.utils, "get_total_norm"):
+        return torch.nn.utils.get_total_norm(tensors)
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)))
+
+
 def nonfinite(loss: Tensor, model: nn.Module) -> str | None:
     """What is not finite — 'the loss is nan', 'the gradient of caps.weight has inf' — or None."""
     if not bool(torch.isfinite(loss.detach()).all()):
         return f"the loss is {float(loss.detach()):g}"
     grads = [(name, p.grad) for name, p in model.named_parameters() if p.grad is not None]
     # one fused norm over every gradient and one sync per step; a NaN or inf anywhere makes it non-finite
-    if grads and not bool(torch.isfinite(torch.nn.utils.get_total_norm([g for _, g in grads]))):
+    if grads and not bool(torch.isfinite(total_norm([g for _, g in grads]))):
         name = next((n for n, g in grads if not bool(torch.isfinite(g).all())), grads[0][0])
         return f"the gradient of {name} is not finite"
     return None
