@@ -5,7 +5,8 @@
 #
 # 1. the `cuda` tests (every routing on CUDA against the CPU, two training steps each, bf16 autocast);
 # 2. benchmarks/step.py on the GPU (fp32, bf16, torch.compile), results in benchmarks/results/;
-# 3. a one-epoch `capslab compare` of every routing on the shared backbone, table in benchmarks/results/.
+# 3. a one-epoch `capslab compare` of every routing on the shared backbone, three runs per GPU, each run
+#    pinned to one GPU; table in benchmarks/results/.
 # Without a GPU it says so in one line and exits 2 (--dry-run lists the steps on any machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,4 +23,4 @@ fi
 GPU=$( [ "$DRY" = 0 ] && python -c "import torch; print(torch.cuda.get_device_name(0).replace(' ', '-'))" || echo GPU)
 run python -m pytest -m cuda -p no:randomly -q tests/test_cuda.py
 run python benchmarks/step.py --device cuda --variants fp32,bf16,compile
-run capslab compare recipes/compare/routing.yaml train.epochs=1 train.device=cuda --out "benchmarks/results/compare-routing-$GPU"
+run capslab compare recipes/compare/routing.yaml train.epochs=1 train.device=cuda --runs-per-gpu 3 --out "benchmarks/results/compare-routing-$GPU"
