@@ -43,7 +43,10 @@ def test_local_launcher_pins_gpu_runs_and_leaves_cpu_and_indexed_runs_alone(tmp_
     monkeypatch.setattr(launch_mod, "launch", lambda run_dir, env: seen.setdefault(run_dir.name, env) and 0)
     dirs = [tmp_path / name for name in ("auto", "cpu", "cuda1")]
     done = []
-    launch_mod.run_local(dirs, ["auto", "cpu", "cuda:1"], None, 1, lambda d, code, place: done.append(d.name))
+    devices = ["auto", "cpu", "cuda:1"]
+    slots = launch_mod.slots_for(devices, None, 1)
+    assert len(slots) == 2  # one per GPU
+    launch_mod.run_local(dirs, devices, slots, lambda d, code, place: done.append(d.name))
     assert sorted(done) == ["auto", "cpu", "cuda1"]
     assert seen["auto"]["CUDA_VISIBLE_DEVICES"] in ("0", "1")
     assert "CUDA_VISIBLE_DEVICES" not in seen["cpu"] and "CUDA_VISIBLE_DEVICES" not in seen["cuda1"]

@@ -72,17 +72,20 @@ def local_slots(jobs: int | None, runs_per_gpu: int, gpus: Sequence[str], cpus: 
     return [Slot(thread_env(max(1, cpus // jobs))) for _ in range(jobs)]
 
 
+def slots_for(devices: Sequence[str], jobs: int | None, runs_per_gpu: int) -> list[Slot]:
+    """The slots of this machine for runs on ``devices`` (their ``train.device``)."""
+    gpus = visible_gpus() if any(wants_gpu(d) for d in devices) else []
+    return local_slots(jobs, runs_per_gpu, gpus, os.cpu_count() or 1)
+
+
 def run_local(
     run_dirs: Sequence[Path],
     devices: Sequence[str],
-    jobs: int | None,
-    runs_per_gpu: int,
+    all_slots: Sequence[Slot],
     on_done: Callable[[Path, int, str], None],
 ) -> None:
     """Run every directory, at most one per slot at a time; ``on_done(run_dir, exit_code, slot_label)``."""
-    gpus = visible_gpus() if any(wants_gpu(d) for d in devices) else []
     slots: queue.Queue[Slot] = queue.Queue()
-    all_slots = local_slots(jobs, runs_per_gpu, gpus, os.cpu_count() or 1)
     for slot in all_slots:
         slots.put(slot)
 

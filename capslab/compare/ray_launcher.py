@@ -4,10 +4,12 @@ A task asks for ``--cpus-per-run`` CPUs and, when the cluster has GPUs, ``1 / --
 sets the task's CUDA_VISIBLE_DEVICES). Without ``--address`` Ray starts on this machine (``ray.init()``);
 with one (``auto`` or ``ray://host:10001``) the runs go to that cluster: Ray on Kubernetes, Slurm or cloud VMs.
 
-Files: when the comparison's output directory is visible from the worker (a shared filesystem, checked
-per task with a marker file), the run trains in place. Otherwise the run directory travels with the task
+Files: a probe task first looks for a marker file in the comparison's output directory. When a worker sees
+it (a shared filesystem), every run trains in place. Otherwise each run directory travels with its task
 (a tar archive in Ray's object store) and comes back the same way when the task ends; only a run that
-finished or failed is shipped back, so a retried task restarts from the checkpoint it was given.
+finished or failed is shipped back, so a retried task restarts from the checkpoint it was given. (A
+cluster where some nodes share the filesystem and others do not is not supported: a task that lands on a
+node without it fails with a message saying so.)
 
 A task whose worker process dies (node lost, out-of-memory kill) is retried up to ``RETRIES`` times; a
 comparison that stops part-way resumes like the local one: finished runs are skipped.
@@ -48,12 +50,19 @@ def unpack(data: bytes, run_dir: Path) -> None:
         tar.extractall(run_dir, filter="data")  # "data": no absolute paths, links or devices from the archive
 
 
-def train_task(run_dir: str, marker: str, payload: bytes, threads: int) -> tuple[int, bytes | None]:
+def sees(marker: str) -> bool:
+    """Body of the probe task: does this worker see the driver's output directory?"""
+    return Path(marker).exists()
+
+
+def train_task(run_dir: str, marker: str, payload: bytes | None, threads: int) -> tuple[int, bytes | None]:
     """Body of one Ray task: train in place when ``marker`` is visible (shared filesystem), else in a
     temporary directory unpacked from ``payload``, returning the directory packed again."""
     if Path(marker).exists():
         code = launch(Path(run_dir), thread_env(threads))
         result = None
+    elif payload is None:
+        raise CapslabError(f"{run_dir}: not visible on this Ray node, though the probe saw the shared filesystem")
     else:
         with tempfile.TemporaryDirectory(prefix="capslab-run-") as tmp:
             local = Path(tmp)
@@ -98,8 +107,11 @@ def run_ray(
     marker = out_dir / MARKER.format(uuid.uuid4().hex)
     marker.touch()
     try:
+        shared = ray.get(ray.remote(num_cpus=0)(sees).remote(str(marker.resolve())))
         pending = {
-            task.remote(str(run_dir.resolve()), str(marker.resolve()), pack(run_dir), cpus_per_run): run_dir
+            task.remote(
+                str(run_dir.resolve()), str(marker.resolve()), None if shared else pack(run_dir), cpus_per_run
+            ): run_dir
             for run_dir in run_dirs
         }
         while pending:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from capslab.compare.launch import run_local
+from capslab.compare.launch import run_local, slots_for
 from capslab.compare.plots import plot_curves, plot_errors
 from capslab.compare.results import SUMMARY, aggregate, write_results
 from capslab.compare.sweep import PlannedRun
@@ -54,7 +54,9 @@ def run_compare(
     dirs = {run.key: prepare(run, out_dir) for run in runs}
     pending = [run for run in runs if not (dirs[run.key] / SUMMARY).exists()]
     done = len(runs) - len(pending)
-    where = f"on Ray ({address or 'local'})" if launcher == "ray" else f"{jobs or 'one per slot'} at a time"
+    devices = [run.recipe.train.device for run in pending]
+    slots = slots_for(devices, jobs, runs_per_gpu) if launcher == "local" else []
+    where = f"as Ray tasks ({address or 'Ray started here'})" if launcher == "ray" else f"{len(slots)} at a time"
     console.print(
         f"[bold]capslab compare[/]: {len(runs)} runs ({done} already finished) into {out_dir}, {where}",
         highlight=False,
@@ -74,7 +76,7 @@ def run_compare(
 
         run_ray(pending_dirs, out_dir, address, cpus_per_run, runs_per_gpu, on_done)
     else:
-        run_local(pending_dirs, [run.recipe.train.device for run in pending], jobs, runs_per_gpu, on_done)
+        run_local(pending_dirs, devices, slots, on_done)
     summaries = []
     for run in runs:
         path = dirs[run.key] / SUMMARY
