@@ -22,7 +22,7 @@ from capslab.data import (
     write_idx,
 )
 from capslab.errors import CapslabError, CheckpointError, DataError, PluginError, UnknownNameError
-from capslab.layers import ClassCapsules, MaskedDecoder, PrimaryCapsules, compute_votes
+from capslab.layers import ClassCapsules, Conv2d, MaskedDecoder, PrimaryCapsules, compute_votes
 from capslab.loggers import Logger, LoggerParams
 from capslab.losses import Loss, ReconstructionParams, multi_hot, reconstruction_loss
 from capslab.models import BuildContext, Model, ModelOutput
@@ -75,6 +75,7 @@ __all__ = [
     "PluginError",
     "MissingRoutingInput",
     "PrimaryCapsules",
+    "Conv2d",
     "ReconstructionParams",
     "Routing",
     "RoutingResult",

@@ -7,6 +7,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from capslab.layers.conv import Conv2d
+
 Activation = Literal["length", "sigmoid"]
 
 
@@ -41,7 +43,7 @@ class PrimaryCapsules(nn.Module):
     ):
         super().__init__()
         self.types, self.dim, self.scale = types, dim, scale
-        self.conv = nn.Conv2d(in_channels, types * dim, kernel_size, stride)
+        self.conv = Conv2d(in_channels, types * dim, kernel_size, stride)
         self.squash = squash
         self.activation = activation
         self.head = (

@@ -10,7 +10,7 @@ prediction (evaluation). 8.2M parameters on MNIST, 6.8M without the decoder.
 from typing import Literal
 
 from pydantic import Field
-from torch import Tensor, nn
+from torch import Tensor
 
 import capslab
 
@@ -40,7 +40,7 @@ class CapsNet(capslab.Model):
     def __init__(self, ctx: capslab.BuildContext, **params):
         super().__init__(ctx, **params)
         p, info = self.params, ctx.info
-        self.conv1 = nn.Conv2d(info.channels, p.conv_channels, p.conv_kernel)
+        self.conv1 = capslab.Conv2d(info.channels, p.conv_channels, p.conv_kernel)
         self.primary = capslab.PrimaryCapsules(
             p.conv_channels,
             p.primary_types,
