@@ -47,9 +47,10 @@ def parse_args(argv=None):
     p.add_argument(
         "--variants",
         default=None,
-        help="comma list of fp32, fp32-cl, bf16, bf16-cl, compile, fp32-ops, fp32-plain (default: what the "
-        "device supports; fp32-ops: the fused loop of PyTorch operators instead of the compiled CPU "
-        "kernel; fp32-plain: the plain routing loop on einsum votes, the reference for the speed-up)",
+        help="comma list of fp32, fp32-cl, bf16, bf16-cl, compile, fp32-ops, fp32-plain, fp32-onednn (default: "
+        "what the device supports; fp32-ops: the fused loop of PyTorch operators instead of the compiled CPU "
+        "kernel; fp32-plain: the plain routing loop on einsum votes, the reference for the speed-up; "
+        "fp32-onednn: the convolutions' weight gradient from oneDNN instead of capslab.Conv2d's GEMM)",
     )
     p.add_argument("--adam", choices=["fused", "foreach"], default="fused")
     p.add_argument(
@@ -115,6 +116,9 @@ class Setup:
         # capslab.routing.backends: "-plain" autograd through the reference loop, votes stored (B, J, I, D);
         # "-ops" the fused operator loop (capslab.routing.fused), no compiled kernel
         self.backend = "reference" if variant.endswith("-plain") else "fused" if variant.endswith("-ops") else None
+        if variant.endswith("-onednn"):  # nn.Conv2d's own backward (floor and step alike)
+            for conv in (model.conv1, model.primary.conv):
+                conv.fast = lambda x: False
         fmt = torch.channels_last if self.cl else torch.contiguous_format
         self.model = model.to(memory_format=fmt)
         self.forward = torch.compile(self.model) if variant == "compile" else self.model
