@@ -57,7 +57,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--numba-pool", type=int, default=None)
     args = ap.parse_args()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    from capslab.compare.launch import thread_env
+
+    env = {**os.environ, **thread_env(1)}
     env.pop("NUMBA_NUM_THREADS", None)
     if args.numba_pool:
         env["NUMBA_NUM_THREADS"] = str(args.numba_pool)
