@@ -51,4 +51,5 @@ def test_fast_path_only_where_it_applies():
         assert not m.fast(x)
     assert not m.fast(x.double()) and not capslab.Conv2d(2, 4, 3, padding=1).fast(x)
     assert not capslab.Conv2d(2, 4, 3, stride=(1, 2)).fast(x)
+    assert not m.fast(torch.randn(2, 2, 5, 5).to(memory_format=torch.channels_last))  # not NCHW: no patch copy
     assert set(m.state_dict()) == set(nn.Conv2d(2, 4, 3).state_dict())  # checkpoints unchanged

@@ -6,9 +6,10 @@ weight gradient is dW = dY (O, B*L) @ patches (B*L, C*k*k), one GEMM at the matm
 strided view of the input, copied a few examples at a time so the extra memory stays small. Forward and
 input gradient stay oneDNN's. Measured effect: docs/performance.md.
 
-The fast path runs on CPU float32 tensors with no padding, dilation or groups and equal strides, outside
-torch.compile, and when capslab.routing.backends allows fast paths (``CAPSLAB_ROUTING_BACKEND=reference``
-or ``train.routing_backend=reference`` turn it off); anything else is ``nn.Conv2d``'s own forward.
+The fast path runs on contiguous (NCHW) CPU float32 tensors with no padding, dilation or groups and equal
+strides, outside torch.compile, and when capslab.routing.backends allows fast paths
+(``CAPSLAB_ROUTING_BACKEND=reference`` or ``train.routing_backend=reference`` turn it off); anything else
+is ``nn.Conv2d``'s own forward.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class Conv2d(nn.Conv2d):
         return (
             x.device.type == "cpu"
             and x.dtype == torch.float32
+            and x.is_contiguous()  # NCHW: the patches are a view; channels_last stays oneDNN's
             and self.weight.dtype == torch.float32
             and self.padding == (0, 0)
             and self.dilation == (1, 1)
