@@ -38,6 +38,7 @@ from capslab.routing import (
     RoutingResult,
     RoutingSpec,
     RoutingTrace,
+    VoteMoments,
     coupling_entropy,
     stack_stats,
 )
@@ -85,6 +86,7 @@ __all__ = [
     "Squash",
     "SquashParams",
     "UnknownNameError",
+    "VoteMoments",
     "build",
     "build_dataset",
     "build_loss",

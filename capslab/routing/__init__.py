@@ -1,5 +1,6 @@
 from capslab.routing.agreement import AggregationParams, AgreementParams, AgreementRouting
 from capslab.routing.base import MissingRoutingInput, Routing, RoutingResult, RoutingSpec, coupling_entropy, stack_stats
+from capslab.routing.moments import VoteMoments
 from capslab.routing.trace import RoutingTrace
 from capslab.routing.windows import ConvWindows
 
@@ -13,6 +14,7 @@ __all__ = [
     "RoutingResult",
     "RoutingSpec",
     "RoutingTrace",
+    "VoteMoments",
     "coupling_entropy",
     "stack_stats",
 ]

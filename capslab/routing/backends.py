@@ -10,6 +10,10 @@ this module picks a faster one that computes the same thing (the tests hold each
   function over batched operators (capslab.routing.fused), any ``couple`` and squash.
 - ``Backend.REFERENCE``: the plain loop (``AgreementRouting``'s own, or the plugin's ``route``).
 
+Gaussian-mixture routings (EM, variational Bayes) see their votes through
+:class:`capslab.routing.moments.VoteMoments`, whose contractions take the same three steps
+(:func:`moments_path`): compiled loops, batched products, or the formulas as they read.
+
 The rule, :func:`choose`: with diagnostics, the reference (it records every iteration); otherwise the
 fastest allowed path that applies, in the order above. The ceiling is one switch for debugging, the way
 timm's ``use_fused_attn()`` is: the environment variable ``CAPSLAB_ROUTING_BACKEND`` or the recipe key
@@ -144,6 +148,14 @@ def kernel_squash(squash) -> str | None:
     return _KERNEL_SQUASHES.get(type(squash).forward)
 
 
+def moments_path(V: Tensor) -> Backend:
+    """How :class:`capslab.routing.moments.VoteMoments` contracts the votes V (B, J, I, D)."""
+    if not allowed(Backend.FUSED):
+        return Backend.REFERENCE
+    fits = _compiled_fits(V) and V.is_contiguous()
+    return Backend.KERNEL if allowed(Backend.KERNEL) and fits else Backend.FUSED
+
+
 def _agreement(routing) -> bool:
     from capslab.routing.agreement import AgreementRouting
 
@@ -159,13 +171,20 @@ def zero_start(routing) -> bool:
 
 def _kernel_fits(routing, x: Tensor) -> bool:
     """The compiled kernel computes ``routing``'s loop on inputs like ``x`` (votes or input poses)."""
+    return (
+        zero_start(routing)
+        and kernel_coupling(routing) is not None
+        and kernel_squash(routing.squash) == "sabour"
+        and _compiled_fits(x)
+    )
+
+
+def _compiled_fits(x: Tensor) -> bool:
+    """Compiled CPU loops (numba) can take x: float32 / float64 on the CPU, outside autocast and torch.compile."""
     from capslab.routing import kernel
 
     return (
         kernel.available()
-        and zero_start(routing)
-        and kernel_coupling(routing) is not None
-        and kernel_squash(routing.squash) == "sabour"
         and x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.float64)
         and not torch.is_autocast_enabled("cpu")

@@ -208,6 +208,39 @@ def routing_votes_storage(name: str) -> None:
                 torch.testing.assert_close(a, b, msg=f"gradients differ with votes stored {layout!r}")
 
 
+def routing_paths_agree(name: str) -> None:
+    """The fast paths compute what the reference does: forward and gradients under each setting of the
+    backend switch (``auto``, ``fused``, ``reference``; capslab.routing.backends), votes stored as the
+    class-capsule layer stores them for that setting."""
+    from capslab.layers.class_caps import compute_votes
+    from capslab.routing import backends
+
+    r = make_routing(name, SMALL, torch.float64)
+    I, J, D, K = SMALL.in_caps, SMALL.out_caps, SMALL.pose_dim, SMALL.in_pose_dim or SMALL.pose_dim
+    g = torch.Generator().manual_seed(4)
+    x = (torch.randn(3, I, K, generator=g, dtype=torch.float64) * 0.5).requires_grad_()
+    W = (torch.randn(J, I, K, D, generator=g, dtype=torch.float64) * 0.5).requires_grad_()
+    acts = (torch.rand(3, I, generator=g, dtype=torch.float64) * 0.9 + 0.05).requires_grad_()
+    params = [(n, p) for n, p in r.named_parameters() if p.requires_grad]
+    wrt, names = [x, W, acts, *(p for _, p in params)], ["x", "W", "activations", *(n for n, _ in params)]
+    results = {}
+    for setting in ("reference", "fused", "auto"):
+        with backends.use(setting):
+            out = _run(r, compute_votes(x, W, backends.votes_layout(r, x)), acts, x)
+            loss = (out.poses * torch.linspace(-1, 1, J * D, dtype=torch.float64).view(J, D)).sum()
+            loss = loss + (out.activations * torch.arange(J, dtype=torch.float64)).sum()
+            results[setting] = (out, torch.autograd.grad(loss, wrt, allow_unused=True))
+    ref, ref_grads = results["reference"]
+    for setting in ("fused", "auto"):
+        out, grads = results[setting]
+        torch.testing.assert_close(out.poses, ref.poses, msg=f"poses differ between {setting!r} and the reference")
+        torch.testing.assert_close(out.activations, ref.activations, msg=f"activations differ ({setting!r})")
+        for what, a, b in zip(names, grads, ref_grads, strict=True):
+            assert (a is None) == (b is None), f"gradient of {what}: present on one path only ({setting!r})"
+            if a is not None:
+                torch.testing.assert_close(a, b, msg=f"gradient of {what} differs ({setting!r})")
+
+
 # ---------------------------------------------------------------------------------------- squash
 def make_squash(name: str):
     return registry("squash").get(name)()
@@ -357,6 +390,7 @@ CHECKS: dict[str, list[Check]] = {
         routing_batch_of_one,
         routing_gradcheck,
         routing_votes_storage,
+        routing_paths_agree,
         routing_requires_its_inputs,
         routing_ranks_agreement,
     ],

@@ -54,7 +54,7 @@ from torch import Tensor, nn
 
 import capslab
 from capslab.params import with_preset
-from capslab.routing.scale import VoteScale, normalize_votes, rescale_poses
+from capslab.routing.scale import VoteScale, rescale_poses
 from capslab.routing.trace import RoutingTrace
 
 LOG_2PI = math.log(2 * math.pi)
@@ -119,14 +119,15 @@ class EMRouting(capslab.Routing):
         self, votes: Tensor, activations: Tensor | None, poses: Tensor | None, iterations: int, diagnostics: bool
     ) -> capslab.RoutingResult:
         p = self.params
-        votes, scale = normalize_votes(votes, p.vote_scale)
-        V = votes.transpose(1, 2)  # (B, J, I, D); contiguous when votes came from ClassCapsules
-        B, J, I, D = V.shape
-        a_in = activations.to(V.dtype).unsqueeze(1)  # (B, 1, I)
+        # the votes (B, J, I, D) (contiguous when they came from ClassCapsules) through two contractions, one
+        # pass over them each (capslab.routing.moments), divided by each example's RMS with vote_scale rms
+        moments = capslab.VoteMoments(votes.transpose(1, 2), p.vote_scale)
+        B, J, I, D = moments.shape
+        a_in = activations.to(votes.dtype).unsqueeze(1)  # (B, 1, I)
         windows = self.spec.windows if p.assignment == "input" else None
         normalize = windows.log_softmax if windows is not None else (lambda x: x.log_softmax(1))
-        log_R = normalize(V.new_zeros(B, J, I))  # uniform routing assignments, output-major (B, J, I)
-        mu = V.new_zeros(B, J, D)
+        log_R = normalize(votes.new_zeros(B, J, I))  # uniform routing assignments, output-major (B, J, I)
+        mu = votes.new_zeros(B, J, D)
         beta_a = self.beta_a * p.beta_a_scale  # (J,)
         cost_scale = 1.0 if p.cost == "log_variance" else 0.5  # log sigma = log var / 2
         trace = RoutingTrace() if diagnostics else None
@@ -134,18 +135,18 @@ class EMRouting(capslab.Routing):
             R = log_R.exp()  # (B, J, I)
             # M-step
             Rp = R * a_in  # (B, J, I)
-            mass = Rp.sum(-1, keepdim=True) + p.mass_eps  # (B, J, 1)
-            mu_new = (Rp.unsqueeze(2) @ V).squeeze(2) / mass  # (B, J, 1, I) @ (B, J, I, D) -> (B, J, D)
+            weighted = moments.weigh(Rp)
+            mass = weighted.total.unsqueeze(-1) + p.mass_eps  # (B, J, 1)
+            mu_new = weighted.sum / mass  # (B, J, D)
             mu = mu_new if p.mu_momentum == 0 else (1 - p.mu_momentum) * mu_new + p.mu_momentum * mu
-            diff2 = (V - mu.unsqueeze(2)).pow(2)  # (B, J, I, D)
-            var = (Rp.unsqueeze(2) @ diff2).squeeze(2) / mass + p.min_var  # (B, J, D)
+            var = weighted.scatter(mu) / mass + p.min_var  # (B, J, D): sum_i Rp (V - mu)^2 / mass
             log_var = var.log()
             cost = (self.beta_u.unsqueeze(-1) + cost_scale * log_var) * mass  # (B, J, D)
             logit = self.inverse_temperature(t) * (beta_a - cost.sum(-1))  # (B, J)
             update = None
             if t < iterations - 1 or diagnostics:  # the last E-step only feeds the diagnostics
                 # E-step in the log domain
-                mahalanobis = (diff2 @ var.reciprocal().unsqueeze(-1)).squeeze(-1)  # (B, J, I): sum_h diff2 / var
+                mahalanobis = moments.sq_distance(mu, var.reciprocal())  # (B, J, I): sum_h (V - mu)^2 / var
                 log_p = -0.5 * (mahalanobis + (log_var.sum(-1, keepdim=True) + D * LOG_2PI))
                 log_post = nn.functional.logsigmoid(logit).unsqueeze(-1) + log_p  # (B, J, I)
                 new_log_R = normalize(log_post)
@@ -154,7 +155,7 @@ class EMRouting(capslab.Routing):
                     log_R = new_log_R
             if trace is not None:
                 trace.record(R, mu, update)
-        result = capslab.RoutingResult(rescale_poses(mu, scale), logit.sigmoid())
+        result = capslab.RoutingResult(rescale_poses(mu, moments.scale), logit.sigmoid())
         # coupling (B, I, J): the R of the last M-step
         return trace.attach(result, R.transpose(1, 2)) if trace is not None else result
 

@@ -43,7 +43,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 import capslab
-from capslab.routing.scale import VoteScale, normalize_votes, rescale_poses
+from capslab.routing.scale import VoteScale, rescale_poses
 from capslab.routing.trace import RoutingTrace
 
 
@@ -75,27 +75,28 @@ class VariationalBayesRouting(capslab.Routing):
         self.bn = nn.BatchNorm1d(J, affine=False) if self.params.batch_norm else None  # over (B, J) logits
         self.pose_bn = nn.BatchNorm1d(J * D, affine=False) if self.params.pose_norm else None  # over (B, J * D)
 
-    def update_params(self, u: Tensor, a: Tensor, R: Tensor) -> dict[str, Tensor]:
+    def update_params(self, u: capslab.VoteMoments, a: Tensor, R: Tensor) -> dict[str, Tensor]:
         """q(pi, mu, Lambda) from the assignments R (B, J, I), activations a (B, I), votes u (B, J, I, D)."""
         p, D = self.params, u.shape[-1]
         Ra = R * a.unsqueeze(1)  # (B, J, I)
-        R_j = Ra.sum(-1).clamp_min(p.eps)  # (B, J)
+        weighted = u.weigh(Ra)
+        R_j = weighted.total.clamp_min(p.eps)  # (B, J)
         kappa, nu, alpha = p.kappa0 + R_j, self.nu0 + R_j, p.alpha0 + R_j
-        mu = (Ra.unsqueeze(2) @ u).squeeze(2) / R_j.unsqueeze(-1)  # (B, J, D)
+        mu = weighted.sum / R_j.unsqueeze(-1)  # (B, J, D)
         m = (R_j.unsqueeze(-1) * mu + p.kappa0 * p.m0) / kappa.unsqueeze(-1)  # (B, J, D)
-        scatter = (Ra.unsqueeze(2) @ (u - mu.unsqueeze(2)).square()).squeeze(2)  # (B, J, D)
+        scatter = weighted.scatter(mu)  # (B, J, D): sum_i Ra (u - mu)^2
         inv_psi = 1.0 / p.psi0 + scatter + (p.kappa0 * R_j / kappa).unsqueeze(-1) * (mu - p.m0).square()
-        d = torch.arange(D, dtype=u.dtype, device=u.device)  # d - 1 for d = 1..D
+        d = torch.arange(D, dtype=mu.dtype, device=mu.device)  # d - 1 for d = 1..D
         e_ln_lambda = (
             torch.digamma((nu.unsqueeze(-1) - d) / 2).sum(-1) + D * math.log(2.0) - inv_psi.log().sum(-1)
         )  # (B, J)
         e_ln_pi = torch.digamma(alpha) - torch.digamma(alpha.sum(-1, keepdim=True))  # (B, J)
         return dict(kappa=kappa, nu=nu, m=m, psi=1.0 / inv_psi, e_ln_lambda=e_ln_lambda, e_ln_pi=e_ln_pi)
 
-    def log_assign(self, u: Tensor, q: dict[str, Tensor]) -> Tensor:
+    def log_assign(self, u: capslab.VoteMoments, q: dict[str, Tensor]) -> Tensor:
         """ln R (B, J, I): the expected log-likelihood of each vote under each component, normalised over j."""
         D = u.shape[-1]
-        quad = ((u - q["m"].unsqueeze(2)).square() @ q["psi"].unsqueeze(-1)).squeeze(-1)  # (B, J, I)
+        quad = u.sq_distance(q["m"], q["psi"])  # (B, J, I): sum_d psi (u - m)^2
         e_quad = D / q["kappa"].unsqueeze(-1) + q["nu"].unsqueeze(-1) * quad
         ln_rho = 0.5 * (q["e_ln_lambda"].unsqueeze(-1) - D * math.log(2 * math.pi) - e_quad)  # (B, J, I)
         if self.params.mixing_in_assignment:
@@ -105,10 +106,11 @@ class VariationalBayesRouting(capslab.Routing):
     def route(
         self, votes: Tensor, activations: Tensor | None, poses: Tensor | None, iterations: int, diagnostics: bool
     ) -> capslab.RoutingResult:
-        votes, scale = normalize_votes(votes, self.params.vote_scale)
-        u = votes.transpose(1, 2)  # (B, J, I, D)
+        # the votes (B, J, I, D) through two contractions, one pass each (capslab.routing.moments), divided
+        # by each example's RMS with vote_scale rms
+        u = capslab.VoteMoments(votes.transpose(1, 2), self.params.vote_scale)
         B, J, I, D = u.shape
-        log_R = u.new_full((B, J, I), -math.log(J))  # uniform assignments
+        log_R = votes.new_full((B, J, I), -math.log(J))  # uniform assignments
         trace = RoutingTrace() if diagnostics else None
         for t in range(iterations):
             R = log_R.exp()
@@ -122,7 +124,7 @@ class VariationalBayesRouting(capslab.Routing):
                 trace.record(R, q["m"], update)
         entropy = 0.5 * D * math.log(2 * math.pi * math.e) - 0.5 * q["e_ln_lambda"]  # (B, J): H[q(mu_j, L_j)]
         logit = self.beta_a - (q["e_ln_pi"].exp() * entropy + self.beta_u)  # (B, J)
-        m = rescale_poses(q["m"], scale)  # (B, J, D)
+        m = rescale_poses(q["m"], u.scale)  # (B, J, D)
         if self.bn is not None:
             logit = batch_norm(self.bn, logit)
         if self.pose_bn is not None:
