@@ -95,12 +95,21 @@ def test_polynomial_exp_is_within_float32_rounding():
     torch.testing.assert_close(got, torch.exp(x), rtol=4e-7, atol=0)
 
 
-@pytest.mark.parametrize("case", ["diagnostics", "not_compiled", "max_min", "efficient_squash", "bf16"])
+class SigmoidCoupling(capslab.AgreementRouting):
+    """An agreement routing whose coupling the kernel does not have."""
+
+    name = "sigmoid_coupling_test"
+    Params = capslab.AgreementParams
+
+    def couple(self, b):
+        return b.sigmoid()
+
+
+@pytest.mark.parametrize("case", ["diagnostics", "not_compiled", "own_coupling", "efficient_squash", "bf16"])
 def test_kernel_does_not_run_where_it_does_not_apply(case, calls):
     spec = capslab.RoutingSpec(I, J, D, K)
-    name = "max_min" if case == "max_min" else "dynamic"
     squash = capslab.build_squash("efficient") if case == "efficient_squash" else None
-    routing = capslab.build_routing(name, spec, squash)
+    routing = SigmoidCoupling(spec) if case == "own_coupling" else capslab.build_routing("dynamic", spec, squash)
     layer = capslab.ClassCapsules(I, K, J, D, routing)
     x = torch.randn(B, I, K)
     setting = "fused" if case == "not_compiled" else "auto"
@@ -118,6 +127,31 @@ def test_kernel_does_not_run_where_it_does_not_apply(case, calls):
     assert not calls
     with backends.use(setting):
         assert backends.votes_layout(routing, x) is VotesLayout.IBJD  # the fused loop's storage
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_max_min_coupling_in_the_kernel_equals_the_plain_loop_ties_included(dtype, calls):
+    """Two outputs with the same transformation matrices get the same logits: a tie at the maximum or the
+    minimum of many inputs' logits, whose gradient the kernel shares among the tied outputs as torch's
+    amax / amin do in the plain loop."""
+    spec = capslab.RoutingSpec(I, J, D, K)
+    routing = capslab.build_routing({"name": "max_min", "lb": 0.1, "ub": 0.9}, spec).to(dtype)
+    layer = capslab.ClassCapsules(I, K, J, D, routing).to(dtype)
+    with torch.no_grad():
+        layer.weight[1].copy_(layer.weight[0])  # outputs 0 and 1 tie
+    x = torch.randn(B, I, K, dtype=dtype).requires_grad_()
+    wrt = [x, *layer.parameters()]
+    runs = []
+    for setting in ("reference", "auto"):
+        with backends.use(setting):
+            out = layer(x)
+            runs.append((out.poses, grads([out.poses, out.activations], wrt)))
+    assert len(calls) == 1
+    (ref, ref_grads), (got, got_grads) = runs
+    tol = {} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-5}
+    torch.testing.assert_close(got, ref, **tol)
+    for a, b in zip(got_grads, ref_grads):
+        torch.testing.assert_close(a, b, **tol)
 
 
 def test_capsnet_trains_the_same_with_and_without_the_kernel(calls):

@@ -113,12 +113,13 @@ def use(setting: str | None) -> Iterator[None]:
 # subclass overriding ``couple`` / ``forward`` is never mistaken for the compiled one.
 _KERNEL_COUPLINGS: dict[Callable, Callable[[object], str]] = {}
 _KERNEL_SQUASHES: dict[Callable, str] = {}
-KERNEL_COUPLING_NAMES = ("softmax", "leaky_softmax")
+KERNEL_COUPLING_NAMES = ("softmax", "leaky_softmax", "max_min")  # in the order of kernel_loops' codes
 
 
 def compiled_coupling(describe: Callable[[object], str]):
     """Class decorator for an AgreementRouting whose ``couple`` the kernel has compiled in:
-    ``describe(routing)`` names it for an instance ("softmax" or "leaky_softmax")."""
+    ``describe(routing)`` names it for an instance: "softmax", "leaky_softmax", or "max_min" (the kernel
+    reads ``routing.params.lb`` and ``ub``)."""
 
     def register(cls):
         _KERNEL_COUPLINGS[cls.couple] = describe

@@ -10,7 +10,7 @@ capsule's votes W_i u_i where they are used and writes the gradients of W and u 
 Same equations as
 :class:`capslab.AgreementRouting`'s loop, with b_ij = 0 at the start:
 
-    c_r = softmax_j(b_r)  (leaky: over [0 | b_r], the sink dropped)
+    c_r = softmax_j(b_r)  (leaky: over [0 | b_r], the sink dropped; or max-min normalised, ``max_min``)
     s_r = sum_i c_r u + bias,  v_r = squash(s_r)  (the ``sabour`` squash, eps inside the root)
     b_{r+1} = b_r + u . v_r
 
@@ -76,10 +76,13 @@ def route_weights(routing, u: Tensor, weight: Tensor, iterations: int, detach_in
 
 
 def _route(routing, votes, u, weight, iterations, detach_inner) -> RoutingResult:
-    leaky = backends.kernel_coupling(routing) == "leaky_softmax"
+    coupling = backends.kernel_coupling(routing)
+    code = backends.KERNEL_COUPLING_NAMES.index(coupling)  # kernel_loops.SOFTMAX, LEAKY, MAX_MIN
+    bounds = (routing.params.lb, routing.params.ub) if coupling == "max_min" else (0.0, 1.0)
     bias = routing.bias
     grads = [t.requires_grad for t in (votes, u, weight, bias) if t is not None]
-    config = (iterations, leaky, routing.squash.params.eps, detach_inner, torch.is_grad_enabled() and any(grads))
+    backward = torch.is_grad_enabled() and any(grads)
+    config = (iterations, (code, *bounds), routing.squash.params.eps, detach_inner, backward)
     v = KernelLoop.apply(votes, u, weight, bias, config)
     return RoutingResult(v, torch.linalg.vector_norm(v, dim=-1))
 
@@ -91,11 +94,11 @@ def _np(t: Tensor) -> np.ndarray:
 class KernelLoop(torch.autograd.Function):
     """(votes (B, I, J, D) stored (I, J, D, B), or None and then input poses u (B, I, K) and
     transformation matrices weight (J, I, K, D); bias (J, D) or None;
-    config (iterations, leaky, eps, detach_inner, a backward may follow)) -> v (B, J, D)."""
+    config (iterations, (coupling code, lb, ub), eps, detach_inner, a backward may follow)) -> v (B, J, D)."""
 
     @staticmethod
     def forward(ctx, votes, u, weight, bias, config):
-        iterations, leaky, eps, detach_inner, backward = config
+        iterations, coupling, eps, detach_inner, backward = config
         if votes is not None:
             B, I, J, D = votes.shape
             like = votes
@@ -114,20 +117,23 @@ class KernelLoop(torch.autograd.Function):
         vs = like.new_empty(iterations, J, D, B)
         if votes is None:  # the first iteration's plain sum over i, as one matrix product (faster than the loops)
             ss[0].view(J * D, B).copy_(torch.einsum("ink,ikb->nb", wt, ut))
-        cs = scratch("capslab.routing.kernel.couplings", (max(iterations - 1, 1) if backward else 1, I, J, B), like)
+        slots = max(iterations - 1, 1) if backward else 1
+        cs = scratch("capslab.routing.kernel.couplings", (slots, I, J, B), like)
+        spans = like.new_empty(slots, I, B)
         lg = scratch("capslab.routing.kernel.logits", (I, J, B), like)
         parts = like.new_empty(threads, J, D, B)
         source = L.Votes(_np(store), _np(wt), _np(ut), votes is None)
-        loop = L.Loop(iterations, leaky, eps, like.dtype == torch.float32, threads)
-        L.forward(source, _np(bias_t), loop, L.Saved(_np(ss), _np(cs), _np(vs)), L.ForwardScratch(_np(lg), _np(parts)))
-        ctx.leaky, ctx.eps, ctx.detach_inner = leaky, eps, detach_inner
-        ctx.save_for_backward(store, wt, ut, ss, cs, vs)
+        loop = L.Loop(iterations, *coupling, eps, like.dtype == torch.float32, threads)
+        saved = L.Saved(_np(ss), _np(cs), _np(vs), _np(spans))
+        L.forward(source, _np(bias_t), loop, saved, L.ForwardScratch(_np(lg), _np(parts)))
+        ctx.coupling, ctx.eps, ctx.detach_inner = coupling, eps, detach_inner
+        ctx.save_for_backward(store, wt, ut, ss, cs, vs, spans)
         return vs[-1].permute(2, 0, 1)  # (B, J, D) view
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_v):
-        store, wt, ut, ss, cs, vs = ctx.saved_tensors
+        store, wt, ut, ss, cs, vs, spans = ctx.saved_tensors
         want_votes, want_u, want_w, want_bias = ctx.needs_input_grad[:4]
         R, J, D, B = ss.shape
         I = cs.shape[1]
@@ -147,9 +153,9 @@ class KernelLoop(torch.autograd.Function):
         chain = not ctx.detach_inner or want_bias
         L.backward(
             L.Votes(_np(store), _np(wt), _np(ut), from_weights),
-            L.Saved(_np(ss), _np(cs), _np(vs)),
+            L.Saved(_np(ss), _np(cs), _np(vs), _np(spans)),
             _np(grad_v.to(ss.dtype).permute(1, 2, 0).contiguous()),
-            L.Loop(R, ctx.leaky, ctx.eps, ss.dtype == torch.float32, threads),
+            L.Loop(R, *ctx.coupling, ctx.eps, ss.dtype == torch.float32, threads),
             ctx.detach_inner,
             chain,
             L.BackwardScratch(_np(g_b), _np(parts)),

@@ -22,10 +22,13 @@ _FAST = {"reassoc", "contract", "nsz", "arcp"}
 # transformation matrices, and ``ut`` (I, K, B), the input poses; ``from_weights`` says which (the unused
 # arrays are empty).
 Votes = namedtuple("Votes", "stored wt ut from_weights")
-# iterations r; leaky: softmax over [0 | b]; eps of the squash; fast: the polynomial exp (float32); threads
-Loop = namedtuple("Loop", "iterations leaky eps fast threads")
-# ss[r] = s_r (J, D, B) (bias included), vs[r] = v_r, cs[r - 1] = c_r (I, J, B) for r >= 1
-Saved = namedtuple("Saved", "ss cs vs")
+# iterations r; coupling: SOFTMAX, LEAKY (softmax over [0 | b]) or MAX_MIN (lb + (ub - lb) (b - min) / (max -
+# min)) with its lb, ub; eps of the squash; fast: the polynomial exp (float32); threads
+Loop = namedtuple("Loop", "iterations coupling lb ub eps fast threads")
+SOFTMAX, LEAKY, MAX_MIN = 0, 1, 2
+# ss[r] = s_r (J, D, B) (bias included), vs[r] = v_r, cs[r - 1] = c_r (I, J, B) for r >= 1; spans[r - 1]
+# (I, B) = max_j b - min_j b of the logits behind c_r (MAX_MIN; its backward needs them)
+Saved = namedtuple("Saved", "ss cs vs spans")
 # forward scratch: lg (I, J, B) logits, parts (threads, J, D, B) per-thread partial sums
 ForwardScratch = namedtuple("ForwardScratch", "lg parts")
 # backward scratch: g_b (R - 1, I, J, B) logit gradients, parts (threads, J, D, B)
@@ -136,6 +139,88 @@ def _softmax(lg, leaky, fast, top, bits, c):
 
 
 @_jit()
+def _max_min(lg, lb, ub, c, span):
+    """c (J, L) = lb + (ub - lb) (lg - min_j lg) / (max_j lg - min_j lg), 1/J where every logit of a lane is
+    equal; span (L,) <- max - min (0 there)."""
+    J, L = lg.shape
+    dt = lg.dtype.type
+    k = dt(ub - lb)
+    for lane in range(L):
+        lo = lg[0, lane]
+        hi = lg[0, lane]
+        for j in range(1, J):
+            lo = min(lo, lg[j, lane])
+            hi = max(hi, lg[j, lane])
+        span[lane] = hi - lo
+        if hi == lo:
+            for j in range(J):
+                c[j, lane] = dt(1.0) / J
+        else:
+            for j in range(J):
+                c[j, lane] = dt(lb) + k * ((lg[j, lane] - lo) / span[lane])
+
+
+@_jit()
+def _couple(lg, loop, top, bits, c, span):
+    """c (J, L) = the coupling of the logits lg (J, L) (loop.coupling); span: see :func:`_max_min`."""
+    if loop.coupling == MAX_MIN:
+        _max_min(lg, loop.lb, loop.ub, c, span)
+    else:
+        _softmax(lg, loop.coupling == LEAKY, loop.fast, top, bits, c)
+
+
+@_jit()
+def _couple_grad(loop, c, span, g_c, top, g_b):
+    """g_b (J, L) = dL/d(logits) from g_c = dL/dc (J, L), c the coupling (J, L) and span (L,) its logits' max
+    - min (MAX_MIN). Softmax (the sink's dL/dc is 0, leaky or not): c (g_c - sum_j c g_c). Max-min, with
+    t_j = (c_j - lb) / (ub - lb) and f = (ub - lb) / span: f g_c_j, plus f sum_j g_c (t - 1) shared by the
+    minima and -f sum_j g_c t by the maxima (as torch's amin / amax backward share among ties); 0 where
+    every logit was equal."""
+    J, L = c.shape
+    dt = c.dtype.type
+    if loop.coupling != MAX_MIN:
+        top[:] = 0
+        for j in range(J):
+            for lane in range(L):
+                top[lane] += c[j, lane] * g_c[j, lane]
+        for j in range(J):
+            for lane in range(L):
+                g_b[j, lane] = c[j, lane] * (g_c[j, lane] - top[lane])
+        return
+    lb, k = dt(loop.lb), dt(loop.ub - loop.lb)
+    for lane in range(L):
+        if span[lane] == 0:
+            for j in range(J):
+                g_b[j, lane] = 0
+            continue
+        # the minima and maxima of the logits are those of c (a monotone map of them): found by comparison,
+        # not by an exact value of c, which fast-math rounding need not give
+        c_lo = c[0, lane]
+        c_hi = c[0, lane]
+        for j in range(1, J):
+            c_lo = min(c_lo, c[j, lane])
+            c_hi = max(c_hi, c[j, lane])
+        f = k / span[lane]
+        g_lo = dt(0)
+        g_hi = dt(0)
+        n_lo = 0
+        n_hi = 0
+        for j in range(J):
+            t = (c[j, lane] - lb) / k
+            g_lo += g_c[j, lane] * (t - 1)
+            g_hi -= g_c[j, lane] * t
+            n_lo += c[j, lane] == c_lo
+            n_hi += c[j, lane] == c_hi
+        for j in range(J):
+            g = f * g_c[j, lane]
+            if c[j, lane] == c_lo:
+                g += f * g_lo / n_lo
+            if c[j, lane] == c_hi:
+                g += f * g_hi / n_hi
+            g_b[j, lane] = g
+
+
+@_jit()
 def _share(n, threads, t):
     """Thread t's range of n inputs."""
     return t * n // threads, (t + 1) * n // threads
@@ -186,9 +271,9 @@ def forward(votes, bias, loop, saved, scratch):
     in holding sum_i W_i u_i (the first iteration's plain sum).
 
     Threads split the inputs; every inner loop runs over the B examples, contiguous."""
-    ss, cs, vs = saved.ss, saved.cs, saved.vs
+    ss, cs, vs, spans = saved.ss, saved.cs, saved.vs, saved.spans
     lg, parts = scratch.lg, scratch.parts
-    leaky, fast, threads = loop.leaky, loop.fast, loop.threads
+    leaky, threads = loop.coupling == LEAKY, loop.threads
     I, J, B = lg.shape
     D = ss.shape[2]
     dt = lg.dtype.type
@@ -222,8 +307,9 @@ def forward(votes, bias, loop, saved, scratch):
                     for d in range(D):
                         for b in range(B):
                             lg[i, j, b] += x[j, d, b] * v[j, d, b]
-                c = cs[(r - 1) % cs.shape[0], i]
-                _softmax(lg[i], leaky, fast, top, bits, c)
+                slot = (r - 1) % cs.shape[0]
+                c = cs[slot, i]
+                _couple(lg[i], loop, top, bits, c, spans[slot, i])
                 for j in range(J):  # this input's share of s_r
                     for d in range(D):
                         for b in range(B):
@@ -252,11 +338,11 @@ def backward(votes, saved, grad_v, loop, detach_inner, chain, scratch, grads):
     iteration after the first finds the g_b, and a last pass forms the sum.
     ``detach_inner``: only the last iteration's sum reaches u (the logits still carry gradient to
     the bias). ``chain``: follow the logits back at all (False: only the last sum's term)."""
-    ss, cs, vs = saved.ss, saved.cs, saved.vs
+    ss, cs, vs, spans = saved.ss, saved.cs, saved.vs, saved.spans
     g_b, parts = scratch.g_b, scratch.parts
     grad_u, grad_wt, grad_ut, grad_s = grads.grad_votes, grads.grad_wt, grads.grad_ut, grads.grad_s
     wt, ut = votes.wt, votes.ut
-    leaky, threads = loop.leaky, loop.threads
+    leaky, threads = loop.coupling == LEAKY, loop.threads
     I, J, B = g_b.shape[1:]
     D = ss.shape[2]
     R = ss.shape[0]
@@ -281,18 +367,14 @@ def backward(votes, saved, grad_v, loop, detach_inner, chain, scratch, grads):
             i0, i1 = _share(I, threads, t)
             for i in range(i0, i1):
                 x = _votes(votes, i, buf)
-                dot[:] = 0
                 for j in range(J):  # dL/dc_r = u . g_s
                     for b in range(B):
                         g_c[j, b] = 0
                     for d in range(D):
                         for b in range(B):
                             g_c[j, b] += x[j, d, b] * g_s[j, d, b]
-                    for b in range(B):
-                        dot[b] += cs[r - 1, i, j, b] * g_c[j, b]
-                for j in range(J):  # softmax backward (the sink's dL/dc is 0, leaky or not)
-                    for b in range(B):
-                        g_b[r - 1, i, j, b] = cs[r - 1, i, j, b] * (g_c[j, b] - dot[b])
+                _couple_grad(loop, cs[r - 1, i], spans[r - 1, i], g_c, dot, g_b[r - 1, i])
+                for j in range(J):
                     if r < R - 1:
                         for b in range(B):
                             g_b[r - 1, i, j, b] += g_b[r, i, j, b]

@@ -150,7 +150,7 @@ class EMRouting(capslab.Routing):
                 log_p = -0.5 * (mahalanobis + (log_var.sum(-1, keepdim=True) + D * LOG_2PI))
                 log_post = nn.functional.logsigmoid(logit).unsqueeze(-1) + log_p  # (B, J, I)
                 new_log_R = normalize(log_post)
-                update = new_log_R - log_R
+                update = new_log_R - log_R if trace is not None else None
                 if t < iterations - 1:
                     log_R = new_log_R
             if trace is not None:

@@ -118,7 +118,7 @@ class VariationalBayesRouting(capslab.Routing):
             update = None
             if t < iterations - 1 or diagnostics:  # the last E-step only feeds the diagnostics
                 new = self.log_assign(u, q)
-                update = new - log_R
+                update = new - log_R if trace is not None else None
                 log_R = new
             if trace is not None:
                 trace.record(R, q["m"], update)
