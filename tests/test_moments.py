@@ -20,50 +20,59 @@ def inputs(dtype=torch.float64, offset=3.0, seed=0):
     w = torch.rand(B, J, I, generator=g, dtype=dtype).requires_grad_()
     m = (torch.randn(B, J, D, generator=g, dtype=dtype) * 0.2 + offset).requires_grad_()
     q = (torch.rand(B, J, D, generator=g, dtype=dtype) + 0.5).requires_grad_()
-    return V, w, m, q
+    o = torch.randn(B, J, generator=g, dtype=dtype).requires_grad_()
+    return V, w, m, q, o
 
 
-def everything(moments: capslab.VoteMoments, w, m, q):
+def everything(moments: capslab.VoteMoments, w, m, q, o):
     """Every quantity a routing takes from the votes, as one tuple."""
     weighted = moments.weigh(w)
     scale = moments.scale if isinstance(moments.scale, torch.Tensor) else torch.ones(())
-    return weighted.total, weighted.sum, weighted.scatter(m), moments.sq_distance(m, q), scale
+    return (
+        weighted.total,
+        weighted.sum,
+        weighted.scatter(m),
+        moments.sq_distance(m, q),
+        moments.sq_distance(m, q, o),
+        scale,
+    )
 
 
-def direct(V, w, m, q, scale):
+def direct(V, w, m, q, o, scale):
     """The same quantities written out on the (scaled) votes."""
     s = V.square().mean((1, 2, 3), keepdim=True).add(1e-12).sqrt() if scale == "rms" else torch.ones(())
     U = V / s
     weighted_sum = torch.einsum("bji,bjid->bjd", w, U)
     scatter = torch.einsum("bji,bjid->bjd", w, (U - m.unsqueeze(2)).square())
     sq = torch.einsum("bjd,bjid->bji", q, (U - m.unsqueeze(2)).square())
-    return w.sum(-1), weighted_sum, scatter, sq, s
+    return w.sum(-1), weighted_sum, scatter, sq, sq + o.unsqueeze(-1), s
 
 
 @pytest.mark.parametrize("scale", ["raw", "rms"])
 @pytest.mark.parametrize("setting", sorted(PATHS) + ["reference"])
 def test_each_path_computes_the_formulas_and_their_gradients(setting, scale):
-    V, w, m, q = inputs()
+    V, w, m, q, o = inputs()
     with backends.use(setting):
         moments = capslab.VoteMoments(V, scale)
-        got = everything(moments, w, m, q)
+        got = everything(moments, w, m, q, o)
     assert moments.path is PATHS.get(setting, Backend.REFERENCE)
-    want = direct(V, w, m, q, scale)
+    want = direct(V, w, m, q, o, scale)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b.expand_as(a))
     g = torch.Generator().manual_seed(1)
     weights = [torch.randn(t.shape, generator=g, dtype=t.dtype) for t in want]
     loss = sum((t * c).sum() for t, c in zip(got, weights))
     loss_ref = sum((t.expand_as(c) * c).sum() for t, c in zip(want, weights))
-    for a, b in zip(torch.autograd.grad(loss, (V, w, m, q)), torch.autograd.grad(loss_ref, (V, w, m, q))):
+    wrt = (V, w, m, q, o)
+    for a, b in zip(torch.autograd.grad(loss, wrt), torch.autograd.grad(loss_ref, wrt)):
         torch.testing.assert_close(a, b)
 
 
 @pytest.mark.parametrize("setting", sorted(PATHS))
 def test_float32_stays_close_to_float64_far_from_zero(setting):
     """Centring: votes at offset 100 with spread 0.2 keep float32's scatter within a relative 1e-4."""
-    V, w, m, _ = inputs(torch.float64, offset=100.0)
-    want = direct(V, w, m, m, "raw")[2]
+    V, w, m, _, o = inputs(torch.float64, offset=100.0)
+    want = direct(V, w, m, m, o, "raw")[2]
     with backends.use(setting):
         got = capslab.VoteMoments(V.float()).weigh(w.float()).scatter(m.float())
     torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
@@ -71,20 +80,20 @@ def test_float32_stays_close_to_float64_far_from_zero(setting):
 
 @pytest.mark.parametrize("setting", sorted(PATHS))
 def test_gradcheck(setting):
-    V, w, m, q = inputs(offset=0.5)
+    V, w, m, q, o = inputs(offset=0.5)
 
-    def f(V, w, m, q):
+    def f(V, w, m, q, o):
         with backends.use(setting):
-            return everything(capslab.VoteMoments(V, "rms"), w, m, q)
+            return everything(capslab.VoteMoments(V, "rms"), w, m, q, o)
 
-    assert torch.autograd.gradcheck(f, (V, w, m, q))
+    assert torch.autograd.gradcheck(f, (V, w, m, q, o))
 
 
 def test_the_votes_gradient_is_assembled_once_per_backward():
     """A graph kept for a second backward gives the same gradient again (the pieces do not pile up), and a
     gradient asked of the weights alone leaves the votes alone."""
-    V, w, m, q = inputs()
-    out = everything(capslab.VoteMoments(V, "rms"), w, m, q)
+    V, w, m, q, o = inputs()
+    out = everything(capslab.VoteMoments(V, "rms"), w, m, q, o)
     loss = sum(t.sum() for t in out)
     (first,) = torch.autograd.grad(loss, V, retain_graph=True)
     (second,) = torch.autograd.grad(loss, V, retain_graph=True)
@@ -94,9 +103,9 @@ def test_the_votes_gradient_is_assembled_once_per_backward():
 
 
 def test_without_gradients_nothing_is_tracked():
-    V, w, m, q = inputs()
+    V, w, m, q, o = inputs()
     with torch.no_grad():
-        out = everything(capslab.VoteMoments(V, "rms"), w, m, q)
+        out = everything(capslab.VoteMoments(V, "rms"), w, m, q, o)
     assert all(not t.requires_grad for t in out)
 
 

@@ -87,14 +87,17 @@ class VoteMoments:
 
         return Weighted(total, T1 + st.c * total_, scatter)
 
-    def sq_distance(self, centre: Tensor, weight: Tensor) -> Tensor:
-        """(B, J, I): sum_d weight_jd (V_jid - centre_jd)^2, for centre and weight (B, J, D)."""
+    def sq_distance(self, centre: Tensor, weight: Tensor, offset: Tensor | None = None) -> Tensor:
+        """(B, J, I): offset_j + sum_d weight_jd (V_jid - centre_jd)^2, for centre and weight (B, J, D) and
+        offset (B, J) (a log density's normalising terms; none: 0)."""
         st = self._state
         if st is None:
-            return ((self.V - centre.unsqueeze(2)).square() @ weight.unsqueeze(-1)).squeeze(-1)
+            out = ((self.V - centre.unsqueeze(2)).square() @ weight.unsqueeze(-1)).squeeze(-1)
+            return out if offset is None else out + offset.unsqueeze(-1)
         e = centre - st.c
         ab = torch.cat([-2 * weight * e, weight], -1)  # (B, J, 2D)
-        return _Forms.apply(self._token, ab, st) + (weight * e.square()).sum(-1, keepdim=True)
+        const = (weight * e.square()).sum(-1)  # (B, J)
+        return _Forms.apply(self._token, ab, const if offset is None else const + offset, st)
 
 
 def rms(V: Tensor) -> Tensor:
@@ -184,18 +187,18 @@ class _Sums(torch.autograd.Function):
         st, (w, out) = ctx.state, ctx.saved_tensors
         if st.track:
             st.pieces.append((w, g, out))
-        grad_w = st.impl.forms(st.V, st.inv_s, st.c, g) if ctx.needs_input_grad[1] else None
+        grad_w = st.impl.forms(st.V, st.inv_s, st.c, g, None) if ctx.needs_input_grad[1] else None
         return _token_grad(ctx, g), grad_w, None
 
 
 class _Forms(torch.autograd.Function):
-    """(token, [a, b] (B, J, 2D)) -> sum_d a x + b x^2 (B, J, I)."""
+    """(token, [a, b] (B, J, 2D), offset (B, J)) -> offset + sum_d a x + b x^2 (B, J, I)."""
 
     @staticmethod
-    def forward(ctx, token, ab, state):
+    def forward(ctx, token, ab, offset, state):
         ctx.state = state
         ctx.save_for_backward(ab)
-        return state.impl.forms(state.V, state.inv_s, state.c, ab)
+        return state.impl.forms(state.V, state.inv_s, state.c, ab, offset)
 
     @staticmethod
     @once_differentiable
@@ -204,7 +207,8 @@ class _Forms(torch.autograd.Function):
         grad_ab = st.impl.sums(st.V, st.inv_s, st.c, g)  # also this piece's moments
         if st.track:
             st.pieces.append((g, ab, grad_ab))
-        return _token_grad(ctx, g), grad_ab if ctx.needs_input_grad[1] else None, None
+        grad_offset = g.sum(-1) if ctx.needs_input_grad[2] else None
+        return _token_grad(ctx, g), grad_ab if ctx.needs_input_grad[1] else None, grad_offset, None
 
 
 def _token_grad(ctx, like: Tensor) -> Tensor | None:
@@ -225,10 +229,11 @@ class _Operators:
         return torch.cat([w @ x, w @ x.square()], -1).squeeze(2)
 
     @staticmethod
-    def forms(V, inv_s, c, ab):
+    def forms(V, inv_s, c, ab, offset):
         x = _Operators._x(V, inv_s, c)
         a, b = ab.to(V.dtype).unsqueeze(-1).chunk(2, 2)  # (B, J, D, 1) each
-        return (x @ a + x.square() @ b).squeeze(-1)
+        out = (x @ a + x.square() @ b).squeeze(-1)
+        return out if offset is None else out + offset.to(V.dtype).unsqueeze(-1)
 
     @staticmethod
     def grad(V, inv_s, c, S, C, k):
@@ -256,9 +261,10 @@ class _Compiled:
         return out
 
     @staticmethod
-    def forms(V, inv_s, c, ab):
+    def forms(V, inv_s, c, ab, offset):
         out = V.new_empty(V.shape[:3])
-        _Compiled._run("forms", V, inv_s, c, ab.to(V.dtype), out)
+        offset = offset.to(V.dtype) if offset is not None else V.new_zeros(V.shape[:2])
+        _Compiled._run("forms", V, inv_s, c, ab.to(V.dtype), offset, out)
         return out
 
     @staticmethod

@@ -34,17 +34,18 @@ def sums(V, inv_s, c, w, out):
 
 
 @_jit(parallel=True)
-def forms(V, inv_s, c, ab, out):
-    """out (B, J, I) = sum_d a_d x_d + b_d x_d^2 for ab = [a, b] (B, J, 2D)."""
+def forms(V, inv_s, c, ab, offset, out):
+    """out (B, J, I) = offset + sum_d a_d x_d + b_d x_d^2 for ab = [a, b] (B, J, 2D), offset (B, J)."""
     B, J, I, D = V.shape
     for bj in nb.prange(B * J):
         b, j = bj // J, bj % J
         f, cc = inv_s[b], c[b, j]
         a = ab[b, j, :D]
         q = ab[b, j, D:]
+        o = offset[b, j]
         for i in range(I):
             v = V[b, j, i]
-            acc = V.dtype.type(0)
+            acc = o
             for d in range(D):
                 x = v[d] * f - cc[d]
                 acc += x * (a[d] + q[d] * x)

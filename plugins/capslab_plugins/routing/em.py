@@ -145,10 +145,10 @@ class EMRouting(capslab.Routing):
             logit = self.inverse_temperature(t) * (beta_a - cost.sum(-1))  # (B, J)
             update = None
             if t < iterations - 1 or diagnostics:  # the last E-step only feeds the diagnostics
-                # E-step in the log domain
-                mahalanobis = moments.sq_distance(mu, var.reciprocal())  # (B, J, I): sum_h (V - mu)^2 / var
-                log_p = -0.5 * (mahalanobis + (log_var.sum(-1, keepdim=True) + D * LOG_2PI))
-                log_post = nn.functional.logsigmoid(logit).unsqueeze(-1) + log_p  # (B, J, I)
+                # E-step in the log domain: log a_j + log p_ij, log p_ij = -sum_h (V - mu)^2 / (2 var)
+                # - (sum_h log var_h + D log 2 pi) / 2, its per-output terms added inside the contraction
+                log_norm = -0.5 * (log_var.sum(-1) + D * LOG_2PI)  # (B, J)
+                log_post = moments.sq_distance(mu, -0.5 / var, nn.functional.logsigmoid(logit) + log_norm)
                 new_log_R = normalize(log_post)
                 update = new_log_R - log_R if trace is not None else None
                 if t < iterations - 1:

@@ -96,9 +96,10 @@ class VariationalBayesRouting(capslab.Routing):
     def log_assign(self, u: capslab.VoteMoments, q: dict[str, Tensor]) -> Tensor:
         """ln R (B, J, I): the expected log-likelihood of each vote under each component, normalised over j."""
         D = u.shape[-1]
-        quad = u.sq_distance(q["m"], q["psi"])  # (B, J, I): sum_d psi (u - m)^2
-        e_quad = D / q["kappa"].unsqueeze(-1) + q["nu"].unsqueeze(-1) * quad
-        ln_rho = 0.5 * (q["e_ln_lambda"].unsqueeze(-1) - D * math.log(2 * math.pi) - e_quad)  # (B, J, I)
+        # ln rho = (E[ln|L|] - D ln 2 pi - D / kappa - nu sum_d psi (u - m)^2) / 2, the per-output terms
+        # added inside the contraction
+        const = 0.5 * (q["e_ln_lambda"] - D * math.log(2 * math.pi) - D / q["kappa"])  # (B, J)
+        ln_rho = u.sq_distance(q["m"], -0.5 * q["nu"].unsqueeze(-1) * q["psi"], const)  # (B, J, I)
         if self.params.mixing_in_assignment:
             return (ln_rho + q["e_ln_pi"].unsqueeze(-1)).log_softmax(1)
         return ln_rho - (ln_rho + q["e_ln_pi"].unsqueeze(-1)).logsumexp(1, keepdim=True)  # official
