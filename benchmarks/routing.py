@@ -2,6 +2,7 @@
 
     python benchmarks/routing.py                  # the full sweep (tens of minutes on 2 cores)
     python benchmarks/routing.py --quick          # I = 1152 only, default iterations
+    python benchmarks/routing.py --from-json benchmarks/results/routing.json   # the tables again, no timing
 
 Shape: batch 128, I input capsules (1152 in CapsNet) voting for J = 10 outputs of D = 16, with input
 activations (B, I) and input poses (B, I, 8). Each routing gets its votes in the storage that
@@ -14,7 +15,8 @@ backward minus the resident set just before it (the peak is reset through /proc/
 votes, the routing and its inputs exist beforehand and are not counted; the votes' gradient is). On
 CUDA: torch.cuda.max_memory_allocated minus the allocation before. Time: the median of --reps
 forward + backward passes after one warm-up. Writes benchmarks/results/routing.json, the generated
-section of docs/benchmarks.md and docs/routing_cost.png.
+section of docs/benchmarks.md (with each routing's time as a multiple of dynamic routing's, measured in
+the same run) and docs/routing_cost.png.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ def parse_args(argv=None):
     p.add_argument("--routings", default=None, help="comma list (default: every registered routing)")
     p.add_argument("--quick", action="store_true", help="I = 1152 and default iterations only")
     p.add_argument("--timeout", type=float, default=900, help="seconds per configuration")
+    p.add_argument("--from-json", default=None, help="rewrite docs/benchmarks.md and the plot from this report")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: one configuration as JSON
     return p.parse_args(argv)
 
@@ -193,13 +196,16 @@ def markdown(report: dict) -> str:
         f"resident memory of the first forward + backward (votes and inputs excluded, the votes' gradient "
         f"included). Command: `{report['command']}`; load average {report['loadavg']}.",
         "",
-        f"| routing | default iterations | votes storage | ms (I = {CAPSNET_I}) | peak MB |",
-        "|---|---|---|---|---|",
+        f"| routing | default iterations | votes storage | ms (I = {CAPSNET_I}) | x dynamic | peak MB |",
+        "|---|---|---|---|---|---|",
     ]
+    base = find("dynamic", sweep="main")
     for n in names:
         r = find(n, sweep="main")
         its = capslab.registry("routing").get(n).Params().model_dump().get("iterations", "-")
-        lines.append(f"| {n} | {its} | {r.get('layout', '') if r else ''} | {fmt(r, 'ms')} | {fmt(r, 'peak_mb')} |")
+        ratio = f"{r['ms'] / base['ms']:.1f}" if r and base and "error" not in r and "error" not in base else ""
+        row = [n, its, r.get("layout", "") if r else "", fmt(r, "ms"), ratio, fmt(r, "peak_mb")]
+        lines.append("| " + " | ".join(map(str, row)) + " |")
     if any(r["sweep"] == "in_caps" for r in rows):
         head = " | ".join(f"I={i}" for i in SIZES)
         lines += [
@@ -275,6 +281,11 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     if args.child:
         print(json.dumps(run_config(json.loads(args.child), args)))
+        return
+    if args.from_json:  # the tables and plot again from a saved report (no timing)
+        report = json.loads(Path(args.from_json).read_text())
+        write_doc(markdown(report))
+        plot(report)
         return
     from step import cpu_name  # benchmarks/ is on sys.path when run as a script
 
