@@ -39,9 +39,7 @@ from torch.autograd.function import once_differentiable
 from capslab.buffers import scratch
 from capslab.routing import backends
 from capslab.routing.backends import Backend
-from capslab.routing.scale import VoteScale, normalize_votes
-
-RMS_EPS = 1e-12  # inside the root of the RMS, as capslab.routing.scale.normalize_votes
+from capslab.routing.scale import RMS_EPS, VoteScale, normalize_votes
 
 
 class VoteMoments:
@@ -101,7 +99,7 @@ class VoteMoments:
 
 
 def rms(V: Tensor) -> Tensor:
-    """(B,): the RMS of each example's votes."""
+    """(B,): the RMS of each example's votes, as normalize_votes takes it, without a squared copy of them."""
     n = V[0].numel()
     return (torch.linalg.vector_norm(V.flatten(1), dim=1).square() / n + RMS_EPS).sqrt()
 

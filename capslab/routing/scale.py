@@ -15,9 +15,10 @@ from typing import Literal
 from torch import Tensor
 
 VoteScale = Literal["rms", "raw"]
+RMS_EPS = 1e-12  # inside the root of the RMS
 
 
-def normalize_votes(votes: Tensor, how: VoteScale, eps: float = 1e-12) -> tuple[Tensor, Tensor | float]:
+def normalize_votes(votes: Tensor, how: VoteScale, eps: float = RMS_EPS) -> tuple[Tensor, Tensor | float]:
     """votes (B, I, J, D) -> (votes / s, s) with s (B, 1, 1, 1) the RMS of each example's votes ("rms"),
     or (votes, 1.0) ("raw")."""
     if how == "raw":
