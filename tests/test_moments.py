@@ -135,3 +135,22 @@ def test_training_step_of_the_gaussian_routings_is_as_exact_as_the_reference(nam
     for what, e, r, f in zip(("poses", "activations", "dx", "dW", "dacts"), exact, ref32, fast32):
         ref_err, fast_err = (r - e).abs().max().item(), (f - e).abs().max().item()
         assert fast_err <= 4 * ref_err + 1e-6 * e.abs().max().item(), (what, fast_err, ref_err)
+
+
+def test_under_bf16_autocast_the_moments_stay_in_float32():
+    """Votes in bf16 (autocast): the contractions run in float32, so EM's poses and gradients stay at least
+    as close to the float32 result as the reference path's bf16 products do."""
+    torch.manual_seed(0)
+    layer = capslab.ClassCapsules(64, 8, 10, 16, capslab.build_routing("em", capslab.RoutingSpec(64, 10, 16, 8)))
+    x, acts = torch.randn(8, 64, 8) * 0.1, torch.rand(8, 64)
+
+    def run(setting, bf16):
+        with backends.use(setting), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = layer(x, acts)
+            (grad,) = torch.autograd.grad(out.poses.float().sum() + out.activations.float().sum(), layer.weight)
+        return out.poses.float().detach(), grad
+
+    exact = run("reference", False)
+    ref_err = [(a - b).abs().max() for a, b in zip(run("reference", True), exact)]
+    fast_err = [(a - b).abs().max() for a, b in zip(run("auto", True), exact)]
+    assert all(f <= 1.2 * r for f, r in zip(fast_err, ref_err)), (fast_err, ref_err)

@@ -56,10 +56,10 @@ class VoteMoments:
             self.V, self.scale = normalize_votes(V, scale, RMS_EPS)
             return
         B = V.shape[0]
-        with torch.no_grad():
-            s = rms(V) if scale == "rms" else None  # (B,)
-            inv_s = s.reciprocal() if s is not None else V.new_ones(B)
-            c = V.mean(2) * inv_s.view(B, 1, 1)  # (B, J, D)
+        with torch.no_grad(), _full_precision(V):
+            s = rms(V.to(_wide(V.dtype))) if scale == "rms" else None  # (B,)
+            inv_s = s.reciprocal() if s is not None else V.new_ones(B, dtype=_wide(V.dtype))
+            c = V.to(_wide(V.dtype)).mean(2) * inv_s.view(B, 1, 1)  # (B, J, D)
         impl = _Compiled if self.path is Backend.KERNEL else _Operators
         track = torch.is_grad_enabled() and V.requires_grad
         self._state = _State(V.detach(), inv_s, c, impl, track, s)
@@ -147,7 +147,7 @@ class _Source(torch.autograd.Function):
         B, J, I, D = st.V.shape
         if not st.pieces and st.s is None:
             return None, None
-        like = st.V
+        like = st.c  # the dtype of the moments
         S = torch.stack([p[0] for p in st.pieces]).to(like.dtype) if st.pieces else like.new_zeros(0, B, J, I)
         C = torch.stack([p[1] for p in st.pieces]).to(like.dtype) if st.pieces else like.new_zeros(0, B, J, 2 * D)
         k = like.new_zeros(B)
@@ -213,32 +213,47 @@ def _token_grad(ctx, like: Tensor) -> Tensor | None:
     return like.new_zeros(()) if ctx.needs_input_grad[0] else None
 
 
+def _wide(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the moments are computed in: float32 at least (half-precision votes under autocast lose
+    the centred expansion's digits)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _full_precision(V: Tensor):
+    """Autocast off (the operators below pick their dtype themselves)."""
+    return torch.autocast(V.device.type, enabled=False)
+
+
 class _Operators:
-    """The contractions as batched products (any device and dtype)."""
+    """The contractions as batched products (any device and dtype; half-precision votes in float32)."""
 
     @staticmethod
     def _x(V, inv_s, c):
-        return V * inv_s.view(-1, 1, 1, 1) - c.unsqueeze(2)  # (B, J, I, D)
+        return V.to(c.dtype) * inv_s.view(-1, 1, 1, 1) - c.unsqueeze(2)  # (B, J, I, D)
 
     @staticmethod
     def sums(V, inv_s, c, w):
-        x = _Operators._x(V, inv_s, c)
-        w = w.to(V.dtype).unsqueeze(2)  # (B, J, 1, I)
-        return torch.cat([w @ x, w @ x.square()], -1).squeeze(2)
+        with _full_precision(V):
+            x = _Operators._x(V, inv_s, c)
+            w = w.to(x.dtype).unsqueeze(2)  # (B, J, 1, I)
+            return torch.cat([w @ x, w @ x.square()], -1).squeeze(2)
 
     @staticmethod
     def forms(V, inv_s, c, ab, offset):
-        x = _Operators._x(V, inv_s, c)
-        a, b = ab.to(V.dtype).unsqueeze(-1).chunk(2, 2)  # (B, J, D, 1) each
-        out = (x @ a + x.square() @ b).squeeze(-1)
-        return out if offset is None else out + offset.to(V.dtype).unsqueeze(-1)
+        with _full_precision(V):
+            x = _Operators._x(V, inv_s, c)
+            a, b = ab.to(x.dtype).unsqueeze(-1).chunk(2, 2)  # (B, J, D, 1) each
+            out = (x @ a + x.square() @ b).squeeze(-1)
+            return out if offset is None else out + offset.to(x.dtype).unsqueeze(-1)
 
     @staticmethod
     def grad(V, inv_s, c, S, C, k):
-        G = S.permute(1, 2, 3, 0) @ C.permute(1, 2, 0, 3)  # (B, J, I, K) @ (B, J, K, 2D)
-        ga, gb = G.chunk(2, -1)
-        g = ga + 2 * gb * _Operators._x(V, inv_s, c)  # the gradient of the scaled votes
-        return g * inv_s.view(-1, 1, 1, 1) + k.view(-1, 1, 1, 1) * V
+        with _full_precision(V):
+            S, C = S.to(c.dtype), C.to(c.dtype)
+            G = S.permute(1, 2, 3, 0) @ C.permute(1, 2, 0, 3)  # (B, J, I, K) @ (B, J, K, 2D)
+            ga, gb = G.chunk(2, -1)
+            g = ga + 2 * gb * _Operators._x(V, inv_s, c)  # the gradient of the scaled votes
+            return (g * inv_s.view(-1, 1, 1, 1) + k.view(-1, 1, 1, 1) * V.to(c.dtype)).to(V.dtype)
 
 
 class _Compiled:
