@@ -261,9 +261,6 @@ class _Compiled:
 
     @staticmethod
     def _run(name, *args):
-        from capslab.routing import kernel
-
-        kernel.loops().set_threads(torch.get_num_threads())
         getattr(_loops(), name)(*(t.detach().contiguous().numpy() for t in args))
 
     @staticmethod
@@ -288,9 +285,10 @@ class _Compiled:
 
 
 def _loops():
+    """capslab.routing.moments_loops, on torch's thread count (numba's pool sized first: kernel.loops)."""
     from capslab.routing import kernel
 
-    kernel.loops()  # numba's thread pool sized first (see there)
+    kernel.loops().set_threads(torch.get_num_threads())
     from capslab.routing import moments_loops
 
     return moments_loops
