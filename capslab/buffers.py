@@ -58,7 +58,10 @@ def scratch(slot: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
     if t is None or stale or t.shape != shape or t.dtype != like.dtype or not _unshared(t):
         t = like.new_empty(shape)
         slots[slot] = t
-    return t
+    # a new alias of the pooled tensor, never the pooled object itself: a caller that keeps the very object
+    # (a gradient handed back to the user, say) would leave its storage count unchanged and the slot
+    # would be reused under it; an alias counts
+    return t.view(shape)
 
 
 def release() -> None:

@@ -178,10 +178,15 @@ def test_pooled_buffers_never_alias_a_live_graph():
 def test_scratch_reuses_a_free_tensor_only():
     like = torch.zeros(1)
     a = buffers.scratch("test.slot", (5, 4), like)
-    assert buffers.scratch("test.slot", (5, 4), like) is a  # nothing else holds it
-    view = a.view(20)
-    b = buffers.scratch("test.slot", (5, 4), like)
-    assert b is not a and b.data_ptr() != view.data_ptr()
+    ptr = a.data_ptr()
+    del a
+    assert buffers.scratch("test.slot", (5, 4), like).data_ptr() == ptr  # nothing else held it: reused
+    held = buffers.scratch("test.slot", (5, 4), like)  # the very tensor handed out, kept by the caller
+    assert buffers.scratch("test.slot", (5, 4), like).data_ptr() != held.data_ptr()
+    a = buffers.scratch("test.slot", (5, 4), like)
+    view = a.view(20)  # a view of it, the tensor itself dropped
+    del a
+    assert buffers.scratch("test.slot", (5, 4), like).data_ptr() != view.data_ptr()
     assert buffers.scratch("test.slot", (2, 2), like).shape == (2, 2)
     buffers.release()
 
