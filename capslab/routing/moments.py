@@ -30,6 +30,7 @@ gradient into the same final pass, so no normalised copy of the votes exists eit
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -111,11 +112,11 @@ class Weighted:
 
     total: Tensor
     sum: Tensor
-    _scatter: object = field(repr=False)
+    _scatter: Callable[[Tensor], Tensor] = field(repr=False)
 
     def scatter(self, about: Tensor) -> Tensor:
         """sum_i w_ji (V_ji - about_j)^2 (B, J, D), about (B, J, D)."""
-        return self._scatter(about)  # type: ignore[operator]
+        return self._scatter(about)
 
 
 @dataclass
@@ -126,8 +127,8 @@ class _State:
     impl: type
     track: bool  # the votes want a gradient: the contractions leave their pieces
     s: Tensor | None  # (B,) RMS ("rms") or None
-    # per contraction: (s (B, J, I), [a, b] (B, J, 2D), [sum_i s x, sum_i s x^2] (B, J, 2D)); its share of
-    # the scaled votes' gradient is s (a + 2 b x)
+    # per contraction and backward: (the backward's id, s (B, J, I), [a, b] (B, J, 2D), [sum_i s x, sum_i s x^2]
+    # (B, J, 2D)); its share of the scaled votes' gradient is s (a + 2 b x)
     pieces: list = field(default_factory=list)
 
 
@@ -147,26 +148,33 @@ class _Source(torch.autograd.Function):
         B, J, I, D = st.V.shape
         if not st.pieces and st.s is None:
             return None, None
+        task = _graph_task()  # this backward's pieces only: a backward that did not reach the votes left its own
+        pieces = [p[1:] for p in st.pieces if p[0] == task]
+        st.pieces.clear()
         like = st.c  # the dtype of the moments
-        S = torch.stack([p[0] for p in st.pieces]).to(like.dtype) if st.pieces else like.new_zeros(0, B, J, I)
-        C = torch.stack([p[1] for p in st.pieces]).to(like.dtype) if st.pieces else like.new_zeros(0, B, J, 2 * D)
+        S = torch.stack([p[0] for p in pieces]).to(like.dtype) if pieces else like.new_zeros(0, B, J, I)
+        C = torch.stack([p[1] for p in pieces]).to(like.dtype) if pieces else like.new_zeros(0, B, J, 2 * D)
         k = like.new_zeros(B)
         if st.s is not None:  # V / s with s = sqrt(|V|^2 / N + eps): dL/ds = g_s - sum g V / s^2, ds/dV = V / (N s)
-            k = (g_s - _dots(st) * st.inv_s.square()) * st.inv_s / (J * I * D)
-        st.pieces.clear()
+            k = (g_s - _dots(st.c, st.inv_s, pieces) * st.inv_s.square()) * st.inv_s / (J * I * D)
         return st.impl.grad(st.V, st.inv_s, st.c, S, C, k), None
 
 
-def _dots(st: _State) -> Tensor:
+def _dots(c: Tensor, inv_s: Tensor, pieces: list) -> Tensor:
     """(B,): sum_{j, i, d} g V, g the scaled votes' gradient sum_k s_k (a_k + 2 b_k x), from each piece's
     moments [sum_i s x, sum_i s x^2]: with V = (x + c) s, no pass over the votes."""
-    total = st.c.new_zeros(st.c.shape[0])
-    for s, ab, m in st.pieces:
+    total = c.new_zeros(c.shape[0])
+    for s, ab, m in pieces:
         (a, b), (m1, m2) = ab.chunk(2, -1), m.chunk(2, -1)  # (B, J, D) each
-        c = st.c
         per = a * c * s.sum(-1, keepdim=True) + a * m1 + 2 * b * c * m1 + 2 * b * m2
         total = total + per.sum((1, 2))
-    return total / st.inv_s
+    return total / inv_s
+
+
+def _graph_task():
+    """The running backward's id (torch's graph task), or None on a torch without it."""
+    task = getattr(torch._C, "_current_graph_task_id", None)
+    return task() if task is not None else None
 
 
 class _Sums(torch.autograd.Function):
@@ -184,7 +192,7 @@ class _Sums(torch.autograd.Function):
     def backward(ctx, g):
         st, (w, out) = ctx.state, ctx.saved_tensors
         if st.track:
-            st.pieces.append((w, g, out))
+            st.pieces.append((_graph_task(), w, g, out))
         grad_w = st.impl.forms(st.V, st.inv_s, st.c, g, None) if ctx.needs_input_grad[1] else None
         return _token_grad(ctx, g), grad_w, None
 
@@ -204,7 +212,7 @@ class _Forms(torch.autograd.Function):
         st, (ab,) = ctx.state, ctx.saved_tensors
         grad_ab = st.impl.sums(st.V, st.inv_s, st.c, g)  # also this piece's moments
         if st.track:
-            st.pieces.append((g, ab, grad_ab))
+            st.pieces.append((_graph_task(), g, ab, grad_ab))
         grad_offset = g.sum(-1) if ctx.needs_input_grad[2] else None
         return _token_grad(ctx, g), grad_ab if ctx.needs_input_grad[1] else None, grad_offset, None
 
