@@ -133,25 +133,34 @@ def test_kernel_does_not_run_where_it_does_not_apply(case, calls):
 def test_max_min_coupling_in_the_kernel_equals_the_plain_loop_ties_included(dtype, calls):
     """Two outputs with the same transformation matrices get the same logits: a tie at the maximum or the
     minimum of many inputs' logits, whose gradient the kernel shares among the tied outputs as torch's
-    amax / amin do in the plain loop."""
+    amax / amin do in the plain loop. In float32 the kernel is as close to the float64 plain loop as the
+    float32 plain loop is (max-min divides by the logits' span, which magnifies rounding on every path
+    alike where the span is small: a fixed tolerance fails on some draws)."""
+    torch.manual_seed(0)
     spec = capslab.RoutingSpec(I, J, D, K)
-    routing = capslab.build_routing({"name": "max_min", "lb": 0.1, "ub": 0.9}, spec).to(dtype)
-    layer = capslab.ClassCapsules(I, K, J, D, routing).to(dtype)
+    routing = capslab.build_routing({"name": "max_min", "lb": 0.1, "ub": 0.9}, spec).double()
+    layer = capslab.ClassCapsules(I, K, J, D, routing).double()
     with torch.no_grad():
         layer.weight[1].copy_(layer.weight[0])  # outputs 0 and 1 tie
-    x = torch.randn(B, I, K, dtype=dtype).requires_grad_()
-    wrt = [x, *layer.parameters()]
-    runs = []
-    for setting in ("reference", "auto"):
+    x64 = torch.randn(B, I, K, dtype=torch.float64)
+
+    def run(setting, dt):
+        x = x64.to(dt).requires_grad_()
+        net = layer.to(dt)
         with backends.use(setting):
-            out = layer(x)
-            runs.append((out.poses, grads([out.poses, out.activations], wrt)))
+            out = net(x)
+            return [t.double() for t in (out.poses, *grads([out.poses, out.activations], [x, *net.parameters()]))]
+
+    ref, got = run("reference", dtype), run("auto", dtype)
     assert len(calls) == 1
-    (ref, ref_grads), (got, got_grads) = runs
-    tol = {} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-5}
-    torch.testing.assert_close(got, ref, **tol)
-    for a, b in zip(got_grads, ref_grads):
-        torch.testing.assert_close(a, b, **tol)
+    if dtype == torch.float64:
+        for a, b in zip(got, ref):
+            torch.testing.assert_close(a, b)
+        return
+    exact = run("reference", torch.float64)
+    for e, r, g in zip(exact, ref, got):
+        ref_err, got_err = (r - e).abs().max().item(), (g - e).abs().max().item()
+        assert got_err <= 4 * ref_err + 1e-6 * e.abs().max().item(), (got_err, ref_err)
 
 
 def test_capsnet_trains_the_same_with_and_without_the_kernel(calls):

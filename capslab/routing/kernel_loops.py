@@ -221,6 +221,21 @@ def _couple_grad(loop, c, span, g_c, top, g_b):
 
 
 @_jit()
+def _add_parts(parts, out):
+    """out (J, D, B) = the sum of the threads' partial sums parts (T, J, D, B). Written as loops: an
+    array-to-array assignment in numba compiles its shape-mismatch error formatting, seconds of every
+    fresh compile."""
+    T, J, D, B = parts.shape
+    for j in range(J):
+        for d in range(D):
+            for b in range(B):
+                out[j, d, b] = parts[0, j, d, b]
+            for t in range(1, T):
+                for b in range(B):
+                    out[j, d, b] += parts[t, j, d, b]
+
+
+@_jit()
 def _share(n, threads, t):
     """Thread t's range of n inputs."""
     return t * n // threads, (t + 1) * n // threads
@@ -289,7 +304,7 @@ def forward(votes, bias, loop, saved, scratch):
             p[:] = 0
             if skip:
                 if t == 0:
-                    p[:] = ss[0]
+                    _add_parts(ss[:1], p)
                 continue
             top = np.empty(B, lg.dtype)
             bits = np.empty((J, B), np.int32)
@@ -315,9 +330,7 @@ def forward(votes, bias, loop, saved, scratch):
                         for b in range(B):
                             p[j, d, b] += c[j, b] * x[j, d, b]
         out = ss[r]
-        out[:] = parts[0]
-        for t in range(1, threads):
-            out += parts[t]
+        _add_parts(parts[:threads], out)
         scale = c0 if r == 0 else dt(1)
         for j in range(J):
             for d in range(D):
@@ -381,9 +394,7 @@ def backward(votes, saved, grad_v, loop, detach_inner, chain, scratch, grads):
                     for d in range(D):  # a_{r-1} = u . v_{r-1}
                         for b in range(B):
                             p[j, d, b] += g_b[r - 1, i, j, b] * x[j, d, b]
-        g_v[:] = parts[0]
-        for t in range(1, threads):
-            g_v += parts[t]
+        _add_parts(parts[:threads], g_v)
     lo = R - 1 if detach_inner else first  # iterations whose terms reach u
     logits = chain and not detach_inner
     from_weights = votes.from_weights
