@@ -24,8 +24,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-# the variables that hold an AVX-512 machine to AVX2 (docs/performance.md), recorded when set
-ISA_VARS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "NUMBA_CPU_NAME")
 
 
 def parse_args(argv=None):
@@ -84,6 +82,7 @@ def main(argv=None) -> None:
     if args.child:
         return print(json.dumps(child(args)))
     import torch
+    from step import cpu_fields  # benchmarks/ is on sys.path when run as a script; imported here, not in children
 
     import capslab
     from capslab.train.setup import device_name
@@ -102,11 +101,10 @@ def main(argv=None) -> None:
 
     report = {
         "device": device_name(torch.device("cpu")),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the ISA torch's kernels use
+        **cpu_fields(),
         "torch": torch.__version__,
         "capslab": capslab.__version__,
         "numba": __import__("numba").__version__,
-        "env": {k: v for k, v in os.environ.items() if k in ISA_VARS},
         "routing": args.routing,
         "batch": args.batch,
         "conv_channels": args.conv_channels,

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -28,12 +27,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from step import cpu_fields  # benchmarks/ is on sys.path when run as a script
 
 from capslab.layers.conv import gemm_weight_grad
 from capslab.train.setup import device_name
 
 ROOT = Path(__file__).resolve().parent
-ISA_VARS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 K, S, H = 9, 2, 20  # PrimaryCaps: kernel, stride, input size
 
 
@@ -129,14 +128,13 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     report = {
         "device": device_name(torch.device("cpu")),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "env": {k: v for k, v in os.environ.items() if k in ISA_VARS},
+        **cpu_fields(),
         "torch": torch.__version__,
         "out_channels": args.out_channels,
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
         "shapes": {},
     }
-    print(f"{report['device']}, torch kernels {report['cpu_capability']}, {report['env'] or 'no ISA limits'}")
+    print(f"{report['device']}, torch kernels {report['cpu_capability']}, {report['isa_env'] or 'no ISA limits'}")
     for shape in args.shapes.split(","):
         batch, channels = (int(v) for v in shape.split("x"))
         r = report["shapes"][shape] = measure(batch, channels, args)

@@ -287,12 +287,13 @@ def main(argv=None) -> None:
         write_doc(markdown(report))
         plot(report)
         return
-    from step import cpu_name  # benchmarks/ is on sys.path when run as a script
+    from step import cpu_fields, cpu_name  # benchmarks/ is on sys.path when run as a script
 
     names = args.routings.split(",") if args.routings else capslab.registry("routing").names()
     device = torch.device(args.device)
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        **(cpu_fields() if device.type == "cpu" else {}),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "batch": args.batch,

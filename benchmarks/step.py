@@ -92,6 +92,18 @@ def cpu_name() -> str:
     return device_name(torch.device("cpu")).rsplit(" (", 1)[0]
 
 
+# the variables that hold an AVX-512 machine to AVX2 (docs/performance.md), recorded when set
+ISA_VARS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "NUMBA_CPU_NAME")
+
+
+def cpu_fields() -> dict:
+    """The instruction set a CPU result ran with: torch's kernels' and the variables that held it lower."""
+    return {
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "isa_env": {k: os.environ[k] for k in ISA_VARS if k in os.environ},
+    }
+
+
 def status_kb(field: str) -> int:
     """A field of /proc/self/status in kB (VmRSS, VmHWM); 0 where unavailable."""
     try:
@@ -317,6 +329,7 @@ def main(argv=None) -> None:
     report = {
         "device": dev_name,
         "device_type": device.type,
+        **(cpu_fields() if device.type == "cpu" else {}),
         "torch": torch.__version__,
         "capslab": capslab.__version__,
         "threads": torch.get_num_threads(),
