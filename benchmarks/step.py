@@ -118,13 +118,24 @@ def status_kb(field: str) -> int:
 class Setup:
     """Model, data, loss and optimiser of one variant."""
 
-    def __init__(self, variant: str, batch: int, device: torch.device, adam: str):
+    def __init__(
+        self,
+        variant: str,
+        batch: int,
+        device: torch.device,
+        adam: str,
+        routing: dict | None = None,
+        model: dict | None = None,
+    ):
+        """``routing`` and ``model``: recipe sections (default: dynamic routing, 3 iterations; the paper's
+        CapsNet)."""
         torch.manual_seed(0)
         self.device, self.variant = device, variant
         self.bf16 = variant.startswith("bf16")
         self.cl = variant.endswith("-cl")
         info = capslab.DataInfo(1, 28, 28, 10)
-        model = capslab.build_model("capsnet", info, routing={"name": "dynamic", "iterations": 3}).to(device)
+        routing = routing or {"name": "dynamic", "iterations": 3}
+        model = capslab.build_model({"name": "capsnet", **(model or {})}, info, routing=routing).to(device)
         # capslab.routing.backends: "-plain" autograd through the reference loop, votes stored (B, J, I, D);
         # "-ops" the fused operator loop (capslab.routing.fused), no compiled kernel
         self.backend = "reference" if variant.endswith("-plain") else "fused" if variant.endswith("-ops") else None
