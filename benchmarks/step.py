@@ -125,9 +125,9 @@ class Setup:
         device: torch.device,
         adam: str,
         routing: dict | None = None,
-        model: dict | None = None,
+        model_section: dict | None = None,
     ):
-        """``routing`` and ``model``: recipe sections (default: dynamic routing, 3 iterations; the paper's
+        """``routing`` and ``model_section``: recipe sections (default: dynamic routing, 3 iterations; the paper's
         CapsNet)."""
         torch.manual_seed(0)
         self.device, self.variant = device, variant
@@ -135,7 +135,7 @@ class Setup:
         self.cl = variant.endswith("-cl")
         info = capslab.DataInfo(1, 28, 28, 10)
         routing = routing or {"name": "dynamic", "iterations": 3}
-        model = capslab.build_model({"name": "capsnet", **(model or {})}, info, routing=routing).to(device)
+        model = capslab.build_model({"name": "capsnet", **(model_section or {})}, info, routing=routing).to(device)
         # capslab.routing.backends: "-plain" autograd through the reference loop, votes stored (B, J, I, D);
         # "-ops" the fused operator loop (capslab.routing.fused), no compiled kernel
         self.backend = "reference" if variant.endswith("-plain") else "fused" if variant.endswith("-ops") else None
